@@ -32,7 +32,10 @@ impl InjectionFormat {
         match self {
             Self::Bearer => format!("Bearer {value}"),
             Self::Basic { username } => {
-                format!("Basic {}", base64_encode(format!("{username}:{value}").as_bytes()))
+                format!(
+                    "Basic {}",
+                    base64_encode(format!("{username}:{value}").as_bytes())
+                )
             }
             Self::Raw => value.to_owned(),
             Self::Prefix(prefix) => format!("{prefix}{value}"),
@@ -154,6 +157,9 @@ mod tests {
             .render("t"),
             format!("Basic {}", base64_encode(b"x-access-token:t"))
         );
-        assert_eq!(InjectionFormat::Prefix("token ".into()).render("t"), "token t");
+        assert_eq!(
+            InjectionFormat::Prefix("token ".into()).render("t"),
+            "token t"
+        );
     }
 }

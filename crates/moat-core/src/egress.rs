@@ -81,7 +81,9 @@ pub struct PathRule {
 
 /// Why a path rule could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid rule `{rule}`: {problem}; write rules as `allow GET /repos/**` or `deny * /admin/*`")]
+#[error(
+    "invalid rule `{rule}`: {problem}; write rules as `allow GET /repos/**` or `deny * /admin/*`"
+)]
 pub struct PathRuleError {
     /// The rule as written.
     pub rule: String,
@@ -261,7 +263,9 @@ impl DenyReason {
             }
             Self::PathNotAllowed {
                 host, method, path, ..
-            } => format!("network:\n  allow:\n    - \"{host}\":\n        - \"allow {method} {path}\""),
+            } => format!(
+                "network:\n  allow:\n    - \"{host}\":\n        - \"allow {method} {path}\""
+            ),
         }
     }
 }

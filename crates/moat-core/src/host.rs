@@ -38,13 +38,17 @@ pub enum HostPatternError {
         pattern: String,
     },
     /// A `*` appeared anywhere but as a whole leading label.
-    #[error("host pattern `{pattern}` uses `*` wrongly; only a leading `*.` is allowed, as in `*.example.com`")]
+    #[error(
+        "host pattern `{pattern}` uses `*` wrongly; only a leading `*.` is allowed, as in `*.example.com`"
+    )]
     BadWildcard {
         /// The whole pattern.
         pattern: String,
     },
     /// The host contained characters that never appear in a host name.
-    #[error("host pattern `{pattern}` contains invalid characters; use letters, digits, `-` and `.`")]
+    #[error(
+        "host pattern `{pattern}` contains invalid characters; use letters, digits, `-` and `.`"
+    )]
     BadHost {
         /// The whole pattern.
         pattern: String,
@@ -231,7 +235,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed_patterns() {
-        for bad in ["", "a.*.com", "*", "*.", "host:0", "host:99999", "ho st", "..com", "x:y"] {
+        for bad in [
+            "",
+            "a.*.com",
+            "*",
+            "*.",
+            "host:0",
+            "host:99999",
+            "ho st",
+            "..com",
+            "x:y",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad} should fail");
         }
     }

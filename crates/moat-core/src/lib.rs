@@ -16,3 +16,8 @@ pub mod host;
 pub mod secret;
 
 pub use secret::Secret;
+pub mod config;
+pub mod orchestrator;
+pub mod run;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,122 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+
+/// Run AI coding agents in isolated containers; credentials stay outside.
+#[derive(Debug, Parser)]
+#[command(name = "moat", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags accepted by every command.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct GlobalArgs {
+    /// Print more detail about what moat is doing.
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Machine-readable JSON output on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a command in a sandboxed container with the workspace mounted.
+    Run(RunArgs),
+    /// Attach the terminal to a running run (detach with ctrl-p ctrl-q).
+    Attach(RunRef),
+    /// List runs.
+    #[command(alias = "ls")]
+    List,
+    /// Show a run's container output.
+    Logs(LogsArgs),
+    /// Stop a running run and keep its artifacts.
+    Stop(RunRef),
+    /// Remove a run: its container, network and run directory.
+    Destroy(RunRef),
+    /// Print moat's version.
+    Version,
+    /// Print the JSON Schema of moat.yaml.
+    Schema,
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Internal: supervise a detached run.
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The run ID.
+        run_id: String,
+    },
+}
+
+/// Which container runtime to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RuntimeArg {
+    /// Docker Engine.
+    Docker,
+    /// Apple containers (macOS 15+, Apple silicon).
+    Apple,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Workspace directory, mounted at /workspace.
+    #[arg(default_value = ".")]
+    pub(crate) path: PathBuf,
+    /// Command to run instead of moat.yaml `command` (after `--`).
+    #[arg(last = true)]
+    pub(crate) command: Vec<String>,
+    /// Environment variable for the container (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub(crate) env: Vec<String>,
+    /// Run name.
+    #[arg(short, long)]
+    pub(crate) name: Option<String>,
+    /// Interactive: forward standard input, with a TTY when it is a terminal.
+    #[arg(short, long)]
+    pub(crate) interactive: bool,
+    /// Run in the background and print the run ID.
+    #[arg(short, long)]
+    pub(crate) detach: bool,
+    /// Container image.
+    #[arg(long)]
+    pub(crate) image: Option<String>,
+    /// Keep the container after it exits.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Container runtime.
+    #[arg(long, value_enum)]
+    pub(crate) runtime: Option<RuntimeArg>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunRef {
+    /// Run ID, unique ID prefix or name; defaults to the most recent run.
+    pub(crate) run: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// Run ID, unique ID prefix or name; defaults to the most recent run.
+    pub(crate) run: Option<String>,
+    /// Keep printing new output while the run is live.
+    #[arg(short, long)]
+    pub(crate) follow: bool,
+    /// Show only the last N lines.
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    pub(crate) lines: Option<usize>,
+}

@@ -1,0 +1,640 @@
+//! The orchestrator: drives one run through a [`Runtime`], the [`RunStore`] and an
+//! [`AuditSink`].
+//!
+//! The process that calls [`Orchestrator::supervise`] is the run's supervisor: it holds the
+//! run's supervisor lock, is the single writer of `metadata.json`, `logs.jsonl` and the audit
+//! log, and cleans up the runtime objects when the container exits.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use sha2::Digest;
+use sha2::Sha256;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditSink;
+use crate::audit::AuditSinkError;
+use crate::audit::event;
+use crate::config::RuntimeKind;
+use crate::egress::PolicyMode;
+use crate::run::RunId;
+use crate::run::RunMetadata;
+use crate::run::RunSpec;
+use crate::run::RunState;
+use crate::runtime::BindMount;
+use crate::runtime::ContainerSpec;
+use crate::runtime::ContainerStatus;
+use crate::runtime::LABEL_MANAGED;
+use crate::runtime::LABEL_RUN_ID;
+use crate::runtime::NetworkAttachment;
+use crate::runtime::NetworkSpec;
+use crate::runtime::PullProgress;
+use crate::runtime::Runtime;
+use crate::runtime::RuntimeError;
+use crate::runtime::STOP_GRACE;
+use crate::store::LogRecord;
+use crate::store::LogStream;
+use crate::store::LogWriter;
+use crate::store::RunStore;
+use crate::store::StoreError;
+
+/// What to run; turned into a run by [`Orchestrator::create_run`].
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Run name.
+    pub name: String,
+    /// Absolute workspace path.
+    pub workspace: PathBuf,
+    /// Image reference.
+    pub image: String,
+    /// Runtime kind (recorded in metadata).
+    pub runtime: RuntimeKind,
+    /// Grant names.
+    pub grants: Vec<String>,
+    /// Network policy.
+    pub policy: PolicyMode,
+    /// How the container runs.
+    pub spec: RunSpec,
+}
+
+/// The supervisor's connection to the user: where output goes, where input comes from, and
+/// how a stop is requested.
+pub struct RunIo {
+    /// Receives container standard output (or the TTY).
+    pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Receives container standard error.
+    pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Forwarded to container standard input when the run has `stdin`.
+    pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Terminal size changes (rows, cols) for TTY runs.
+    pub resize: Option<mpsc::UnboundedReceiver<(u16, u16)>>,
+    /// Cancelled to stop the run (Ctrl-C, `moat stop`).
+    pub cancel: CancellationToken,
+    /// Told once the container has started (or dropped if it never does).
+    pub started: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for RunIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunIo")
+    }
+}
+
+/// How a supervised run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The container's exit code.
+    pub exit_code: i64,
+    /// `Exited`, or `Stopped` when the stop came from us.
+    pub state: RunState,
+}
+
+/// Errors while driving a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The run store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] AuditSinkError),
+    /// Writing container output to the caller failed.
+    #[error("cannot write container output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Drives runs.
+#[derive(Clone)]
+pub struct Orchestrator {
+    runtime: Arc<dyn Runtime>,
+    store: RunStore,
+    moat_version: String,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("runtime", &self.runtime.name())
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator over `runtime` and `store`; `moat_version` is recorded in every run.
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        store: RunStore,
+        moat_version: impl Into<String>,
+    ) -> Self {
+        Self {
+            runtime,
+            store,
+            moat_version: moat_version.into(),
+        }
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The store.
+    pub fn store(&self) -> &RunStore {
+        &self.store
+    }
+
+    /// Checks that the engine answers and the image is present, pulling it if not. Returns the
+    /// image ID. Call before [`Orchestrator::create_run`] so bad input leaves no run behind.
+    pub async fn ensure_image(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<String, RuntimeError> {
+        self.runtime.ping().await?;
+        if let Some(id) = self.runtime.image_id(image).await? {
+            return Ok(id);
+        }
+        self.runtime.pull_image(image, progress).await?;
+        self.runtime
+            .image_id(image)
+            .await?
+            .ok_or_else(|| RuntimeError::PullFailed {
+                image: image.to_owned(),
+                message: "the engine reported success but the image is not present".into(),
+            })
+    }
+
+    /// Creates the run directory and metadata (state `created`).
+    pub fn create_run(&self, request: RunRequest) -> Result<RunMetadata, StoreError> {
+        let meta = RunMetadata {
+            id: RunId::generate(),
+            name: request.name,
+            state: RunState::Created,
+            workspace: request.workspace,
+            image: request.image,
+            runtime: request.runtime,
+            grants: request.grants,
+            policy: request.policy,
+            created_at: Utc::now(),
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            error: None,
+            moat_version: self.moat_version.clone(),
+            container_id: None,
+            network_id: None,
+            supervisor_pid: None,
+            spec: request.spec,
+        };
+        self.store.create(&meta)?;
+        Ok(meta)
+    }
+
+    /// Supervises a created run until its container exits or `io.cancel` fires. Takes the
+    /// supervisor lock for the duration. On error the run is marked `failed` and its runtime
+    /// objects are removed.
+    pub async fn supervise(
+        &self,
+        id: &RunId,
+        io: RunIo,
+        audit: Arc<dyn AuditSink>,
+        supervisor_pid: u32,
+    ) -> Result<RunOutcome, RunError> {
+        let _lock = self.store.lock_supervisor(id)?;
+        let meta = self.store.update(id, |m| {
+            m.supervisor_pid = Some(supervisor_pid);
+            m.state = RunState::Starting;
+        })?;
+        let config_hash = hex::encode(Sha256::digest(
+            serde_json::to_vec(&meta.spec).unwrap_or_default(),
+        ));
+        audit.append(
+            event::RUN_CREATED,
+            serde_json::json!({
+                "run_id": meta.id,
+                "name": meta.name,
+                "image": meta.image,
+                "runtime": meta.runtime,
+                "policy": meta.policy,
+                "grants": meta.grants,
+                "config_hash": config_hash,
+                "moat_version": meta.moat_version,
+            }),
+        )?;
+        let result = self.drive(&meta, io, audit.as_ref()).await;
+        let result = match result {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                let message = error_chain(&e);
+                let _ = self.store.update(id, |m| {
+                    m.state = RunState::Failed;
+                    m.error = Some(message.clone());
+                    m.ended_at = Some(Utc::now());
+                });
+                Err(e)
+            }
+        };
+        let meta = self.store.load(id)?;
+        self.cleanup(&meta).await;
+        audit.append(
+            event::RUN_FINISHED,
+            serde_json::json!({
+                "state": meta.state,
+                "exit_code": meta.exit_code,
+                "error": meta.error,
+            }),
+        )?;
+        audit.close()?;
+        result
+    }
+
+    async fn drive(
+        &self,
+        meta: &RunMetadata,
+        mut io: RunIo,
+        audit: &dyn AuditSink,
+    ) -> Result<RunOutcome, RunError> {
+        let rt = &self.runtime;
+        let labels = run_labels(&meta.id);
+        let network = if meta.policy == PolicyMode::None {
+            NetworkAttachment::None
+        } else {
+            let net = rt
+                .create_network(&NetworkSpec {
+                    name: format!("moat-{}", meta.id),
+                    labels: labels.clone(),
+                    internal: meta.policy == PolicyMode::Strict,
+                })
+                .await?;
+            self.store
+                .update(&meta.id, |m| m.network_id = Some(net.clone()))?;
+            NetworkAttachment::Network(net)
+        };
+        let spec = container_spec(meta, network, labels);
+        let container = rt.create_container(&spec).await?;
+        self.store
+            .update(&meta.id, |m| m.container_id = Some(container.clone()))?;
+
+        let attach = if meta.spec.stdin || meta.spec.tty {
+            Some(
+                rt.attach(&container, meta.spec.stdin, meta.spec.tty, None)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        if io.cancel.is_cancelled() {
+            self.store.update(&meta.id, |m| {
+                m.state = RunState::Stopped;
+                m.ended_at = Some(Utc::now());
+            })?;
+            return Ok(RunOutcome {
+                exit_code: 130,
+                state: RunState::Stopped,
+            });
+        }
+        rt.start(&container).await?;
+        self.store.update(&meta.id, |m| {
+            m.state = RunState::Running;
+            m.started_at = Some(Utc::now());
+        })?;
+        audit.append(
+            event::CONTAINER_STARTED,
+            serde_json::json!({ "container_id": container, "image": meta.image }),
+        )?;
+        if let Some(tx) = io.started.take() {
+            let _ = tx.send(());
+        }
+
+        // Output: the log stream is the record (source timestamps) and, without a TTY, also
+        // what the user sees. With a TTY the user sees the attach stream.
+        let passthrough = !meta.spec.tty;
+        let logs = rt.logs(&container, true).await?;
+        let writer = self.store.log_writer(&meta.id)?;
+        let (stdout, stderr) = (io.stdout, io.stderr);
+        let (log_stdout, log_stderr, tty_out) = if passthrough {
+            (Some(stdout), Some(stderr), None)
+        } else {
+            (None, None, Some(stdout))
+        };
+        let log_task = tokio::spawn(pump_logs(logs, writer, log_stdout, log_stderr));
+
+        let mut io_tasks = Vec::new();
+        if let Some(session) = attach {
+            let mut input = session.input;
+            if let Some(mut stdin) = io.stdin.take() {
+                io_tasks.push(tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut stdin, &mut input).await;
+                    let _ = input.shutdown().await;
+                }));
+            }
+            if let Some(mut out) = tty_out {
+                let mut output = session.output;
+                io_tasks.push(tokio::spawn(async move {
+                    while let Some(Ok(chunk)) = output.next().await {
+                        if out.write_all(&chunk.bytes).await.is_err() {
+                            break;
+                        }
+                        let _ = out.flush().await;
+                    }
+                }));
+            }
+        }
+        if let (true, Some(mut resize)) = (meta.spec.tty, io.resize.take()) {
+            let rt = Arc::clone(rt);
+            let container = container.clone();
+            io_tasks.push(tokio::spawn(async move {
+                while let Some((rows, cols)) = resize.recv().await {
+                    let _ = rt.resize(&container, rows, cols).await;
+                }
+            }));
+        }
+
+        let mut stopped_by_us = false;
+        let exit_code = tokio::select! {
+            code = rt.wait(&container) => code?,
+            () = io.cancel.cancelled() => {
+                stopped_by_us = true;
+                self.store.update(&meta.id, |m| m.state = RunState::Stopping)?;
+                rt.stop(&container, STOP_GRACE).await?;
+                rt.wait(&container).await?
+            }
+        };
+        // The log stream ends once the container has stopped; bound the wait anyway.
+        let log_result = tokio::time::timeout(Duration::from_secs(30), log_task).await;
+        for task in io_tasks {
+            task.abort();
+        }
+        let state = if stopped_by_us {
+            RunState::Stopped
+        } else {
+            RunState::Exited
+        };
+        self.store.update(&meta.id, |m| {
+            m.state = state;
+            m.exit_code = Some(exit_code);
+            m.ended_at = Some(Utc::now());
+        })?;
+        audit.append(
+            event::CONTAINER_EXITED,
+            serde_json::json!({ "container_id": container, "exit_code": exit_code }),
+        )?;
+        if let Ok(Ok(Err(e))) = log_result {
+            return Err(e);
+        }
+        Ok(RunOutcome { exit_code, state })
+    }
+
+    /// Removes the run's container (unless kept) and network. Errors are ignored: cleanup is
+    /// best effort and repeated by `reconcile`.
+    pub async fn cleanup(&self, meta: &RunMetadata) {
+        if !meta.spec.keep
+            && let Some(c) = &meta.container_id
+        {
+            let _ = self.runtime.remove_container(c).await;
+        }
+        if let Some(n) = &meta.network_id {
+            let _ = self.runtime.remove_network(n).await;
+        }
+    }
+
+    /// Brings an unsupervised active run (its supervisor died) to a final state: a still
+    /// running container is stopped, so no orphan keeps running without its supervisor, and
+    /// runtime objects are removed. Returns the updated metadata; runs that are supervised or
+    /// already final are returned unchanged.
+    pub async fn reconcile(&self, meta: &RunMetadata) -> Result<RunMetadata, RunError> {
+        if !meta.state.is_active() || self.store.is_supervised(&meta.id) {
+            return Ok(meta.clone());
+        }
+        let status = match &meta.container_id {
+            Some(c) => self.runtime.status(c).await?,
+            None => ContainerStatus::Missing,
+        };
+        let exit_code = match status {
+            ContainerStatus::Running | ContainerStatus::Created => {
+                if let Some(c) = &meta.container_id {
+                    self.runtime.stop(c, STOP_GRACE).await?;
+                    Some(self.runtime.wait(c).await?)
+                } else {
+                    None
+                }
+            }
+            ContainerStatus::Exited(code) => Some(code),
+            ContainerStatus::Missing => None,
+        };
+        let pid = meta
+            .supervisor_pid
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        let updated = self.store.update(&meta.id, |m| {
+            m.state = RunState::Failed;
+            m.exit_code = m.exit_code.or(exit_code);
+            m.ended_at = Some(Utc::now());
+            m.error = Some(format!(
+                "the run's supervisor (pid {pid}) exited without finishing the run; the container was stopped and cleaned up"
+            ));
+        })?;
+        self.cleanup(&updated).await;
+        // Objects created but not yet recorded in metadata (crash between create and save).
+        if let Ok(objects) = self.runtime.objects_of_run(meta.id.as_str()).await {
+            for c in objects.containers {
+                if !updated.spec.keep {
+                    let _ = self.runtime.remove_container(&c).await;
+                }
+            }
+            for n in objects.networks {
+                let _ = self.runtime.remove_network(&n).await;
+            }
+        }
+        Ok(updated)
+    }
+}
+
+/// Labels for every runtime object of a run.
+pub fn run_labels(id: &RunId) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_RUN_ID.to_owned(), id.to_string()),
+        (LABEL_MANAGED.to_owned(), "true".to_owned()),
+    ])
+}
+
+fn container_spec(
+    meta: &RunMetadata,
+    network: NetworkAttachment,
+    labels: BTreeMap<String, String>,
+) -> ContainerSpec {
+    let mut mounts = vec![BindMount {
+        source: meta.workspace.display().to_string(),
+        target: "/workspace".into(),
+        readonly: false,
+    }];
+    mounts.extend(meta.spec.mounts.iter().map(|(s, t, ro)| BindMount {
+        source: s.display().to_string(),
+        target: t.clone(),
+        readonly: *ro,
+    }));
+    ContainerSpec {
+        name: format!("moat-{}", meta.id),
+        image: meta.image.clone(),
+        command: meta.spec.command.clone(),
+        env: meta.spec.env.clone(),
+        workdir: "/workspace".into(),
+        user: meta.spec.user.clone(),
+        mounts,
+        network,
+        ports: meta.spec.ports.clone(),
+        labels,
+        tty: meta.spec.tty,
+        stdin: meta.spec.stdin,
+        memory_bytes: meta.spec.memory_bytes,
+        cpus: meta.spec.cpus,
+        pids_limit: 4096,
+        cap_add: Vec::new(),
+    }
+}
+
+/// Reassembles runtime chunks into lines, writes them to `logs.jsonl` as they complete and
+/// passes the raw bytes through to the caller.
+async fn pump_logs(
+    mut logs: futures_util::stream::BoxStream<
+        'static,
+        Result<crate::runtime::LogChunk, RuntimeError>,
+    >,
+    mut writer: LogWriter,
+    mut stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    mut stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+) -> Result<(), RunError> {
+    let mut assembler = LineAssembler::default();
+    let mut output_failed = false;
+    while let Some(chunk) = logs.next().await {
+        let chunk = chunk?;
+        let out = match chunk.stream {
+            LogStream::Stderr => stderr.as_mut(),
+            LogStream::Stdout | LogStream::Tty => stdout.as_mut(),
+        };
+        if let (Some(out), false) = (out, output_failed) {
+            // A closed terminal or pipe must not stop the recording.
+            output_failed =
+                out.write_all(&chunk.bytes).await.is_err() || out.flush().await.is_err();
+        }
+        for record in assembler.push(chunk.ts, chunk.stream, &chunk.bytes) {
+            writer.append(&record)?;
+        }
+    }
+    for record in assembler.finish() {
+        writer.append(&record)?;
+    }
+    writer.sync()?;
+    Ok(())
+}
+
+/// Turns timestamped chunks into complete lines per stream, keeping the timestamp of the
+/// chunk that started each line. Lines of any length are kept whole.
+#[derive(Debug, Default)]
+pub struct LineAssembler {
+    partial: BTreeMap<LogStreamKey, (chrono::DateTime<Utc>, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LogStreamKey {
+    Stdout,
+    Stderr,
+    Tty,
+}
+
+impl From<LogStream> for LogStreamKey {
+    fn from(s: LogStream) -> Self {
+        match s {
+            LogStream::Stdout => Self::Stdout,
+            LogStream::Stderr => Self::Stderr,
+            LogStream::Tty => Self::Tty,
+        }
+    }
+}
+
+impl From<LogStreamKey> for LogStream {
+    fn from(s: LogStreamKey) -> Self {
+        match s {
+            LogStreamKey::Stdout => Self::Stdout,
+            LogStreamKey::Stderr => Self::Stderr,
+            LogStreamKey::Tty => Self::Tty,
+        }
+    }
+}
+
+impl LineAssembler {
+    /// Adds a chunk; returns the lines it completes.
+    pub fn push(
+        &mut self,
+        ts: chrono::DateTime<Utc>,
+        stream: LogStream,
+        bytes: &[u8],
+    ) -> Vec<LogRecord> {
+        let key = LogStreamKey::from(stream);
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let entry = self.partial.entry(key).or_insert_with(|| (ts, Vec::new()));
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    entry.1.extend_from_slice(&rest[..i]);
+                    let (start, line) = self.partial.remove(&key).unwrap_or((ts, Vec::new()));
+                    out.push(make_record(start, stream, line));
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    entry.1.extend_from_slice(rest);
+                    rest = &[];
+                }
+            }
+        }
+        out
+    }
+
+    /// Flushes unterminated lines at the end of the stream.
+    pub fn finish(&mut self) -> Vec<LogRecord> {
+        std::mem::take(&mut self.partial)
+            .into_iter()
+            .map(|(key, (ts, line))| make_record(ts, key.into(), line))
+            .collect()
+    }
+}
+
+fn make_record(ts: chrono::DateTime<Utc>, stream: LogStream, mut line: Vec<u8>) -> LogRecord {
+    if stream == LogStream::Tty && line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    LogRecord {
+        ts,
+        stream,
+        line: String::from_utf8_lossy(&line).into_owned(),
+    }
+}
+
+/// An error with its sources, joined by `: `.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let text = src.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = src.source();
+    }
+    s
+}

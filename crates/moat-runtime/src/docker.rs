@@ -1,0 +1,515 @@
+//! Docker Engine backend (bollard).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::ContainerCreateBody;
+use bollard::models::ContainerStateStatusEnum;
+use bollard::models::HostConfig;
+use bollard::models::HostConfigLogConfig;
+use bollard::models::NetworkCreateRequest;
+use bollard::models::PortBinding;
+use bollard::query_parameters::AttachContainerOptions;
+use bollard::query_parameters::CreateContainerOptions;
+use bollard::query_parameters::CreateImageOptions;
+use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::ListNetworksOptions;
+use bollard::query_parameters::LogsOptions;
+use bollard::query_parameters::RemoveContainerOptions;
+use bollard::query_parameters::ResizeContainerTTYOptions;
+use bollard::query_parameters::StopContainerOptions;
+use bollard::query_parameters::WaitContainerOptions;
+use bytes::Bytes;
+use chrono::DateTime;
+use chrono::Utc;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use moat_core::runtime::AttachSession;
+use moat_core::runtime::ContainerSpec;
+use moat_core::runtime::ContainerStatus;
+use moat_core::runtime::LABEL_RUN_ID;
+use moat_core::runtime::LogChunk;
+use moat_core::runtime::NetworkAttachment;
+use moat_core::runtime::NetworkSpec;
+use moat_core::runtime::OutputChunk;
+use moat_core::runtime::PullProgress;
+use moat_core::runtime::RunObjects;
+use moat_core::runtime::Runtime;
+use moat_core::runtime::RuntimeError;
+use moat_core::store::LogStream;
+
+/// A connection to Docker Engine.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `endpoint` (`unix:///path`, a bare socket path, or
+    /// `tcp://host:port`/`http://…`) and negotiates the API version.
+    pub async fn connect(endpoint: &str) -> Result<Self, RuntimeError> {
+        let unreachable = |source: BollardError| RuntimeError::Unreachable {
+            runtime: "docker",
+            endpoint: endpoint.to_owned(),
+            source: Box::new(source),
+        };
+        let docker = if let Some(rest) = endpoint
+            .strip_prefix("tcp://")
+            .or_else(|| endpoint.strip_prefix("http://"))
+        {
+            Docker::connect_with_http(&format!("http://{rest}"), 120, bollard::API_DEFAULT_VERSION)
+        } else {
+            let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+            Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(unreachable)?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| RuntimeError::Unreachable {
+                runtime: "docker",
+                endpoint: endpoint.to_owned(),
+                source: "the engine did not answer within 10 seconds".into(),
+            })?
+            .map_err(unreachable)?;
+        Ok(Self {
+            docker,
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    /// The endpoint this runtime talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+fn api(operation: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
+    move |e| RuntimeError::Api {
+        operation,
+        source: Box::new(e),
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Splits a Docker log frame `"<RFC 3339 timestamp> <payload>"`.
+fn split_timestamp(message: &Bytes) -> (DateTime<Utc>, Bytes) {
+    if let Some(space) = message.iter().position(|b| *b == b' ')
+        && let Ok(text) = std::str::from_utf8(&message[..space])
+        && let Ok(ts) = DateTime::parse_from_rfc3339(text)
+    {
+        return (ts.with_timezone(&Utc), message.slice(space + 1..));
+    }
+    (Utc::now(), message.clone())
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|source| RuntimeError::Unreachable {
+                runtime: "docker",
+                endpoint: self.endpoint.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(info) => Ok(Some(info.id.unwrap_or_default())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(api("inspect image")(e)),
+        }
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<(), RuntimeError> {
+        let (repo, tag) = split_image(image);
+        let options = CreateImageOptions {
+            from_image: Some(repo.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut layers: HashMap<String, (u64, u64)> = HashMap::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| RuntimeError::PullFailed {
+                image: image.to_owned(),
+                message: match e {
+                    BollardError::DockerResponseServerError { message, .. } => message,
+                    other => other.to_string(),
+                },
+            })?;
+            if let Some(detail) = info.error_detail {
+                return Err(RuntimeError::PullFailed {
+                    image: image.to_owned(),
+                    message: detail.message.unwrap_or_else(|| "unknown error".into()),
+                });
+            }
+            if let (Some(id), Some(detail)) = (info.id, info.progress_detail) {
+                let entry = layers.entry(id).or_default();
+                entry.0 = detail.current.unwrap_or(0).max(0) as u64;
+                entry.1 = detail.total.unwrap_or(0).max(0) as u64;
+            }
+            progress(PullProgress {
+                current: layers.values().map(|l| l.0).sum(),
+                total: layers.values().map(|l| l.1).sum(),
+                status: info.status.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<String, RuntimeError> {
+        let request = NetworkCreateRequest {
+            name: spec.name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(spec.internal),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_network(request)
+            .await
+            .map_err(api("create network"))?;
+        Ok(created.id)
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(id).await {
+            Err(e) if !is_not_found(&e) => Err(api("remove network")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let binds = spec
+            .mounts
+            .iter()
+            .map(|m| {
+                let mode = if m.readonly { "ro" } else { "rw" };
+                format!("{}:{}:{mode}", m.source, m.target)
+            })
+            .collect();
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for (host, container) in &spec.ports {
+            let key = format!("{container}/tcp");
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    // Published ports are reachable from this machine only.
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(host.to_string()),
+                }]),
+            );
+        }
+        let network_mode = match &spec.network {
+            NetworkAttachment::Network(id) => id.clone(),
+            NetworkAttachment::None => "none".into(),
+        };
+        let host_config = HostConfig {
+            binds: Some(binds),
+            network_mode: Some(network_mode),
+            port_bindings: Some(port_bindings),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(spec.cap_add.clone()),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            pids_limit: Some(spec.pids_limit),
+            init: Some(true),
+            privileged: Some(false),
+            ipc_mode: Some("private".into()),
+            memory: spec.memory_bytes.map(|m| m as i64),
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: None,
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.command.clone(),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: Some(spec.workdir.clone()),
+            user: Some(spec.user.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            tty: Some(spec.tty),
+            open_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin && !spec.tty),
+            attach_stdin: Some(spec.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            exposed_ports: Some(exposed),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(api("create container"))?;
+        Ok(created.id)
+    }
+
+    async fn attach(
+        &self,
+        id: &str,
+        stdin: bool,
+        output: bool,
+        detach_keys: Option<&str>,
+    ) -> Result<AttachSession, RuntimeError> {
+        let options = AttachContainerOptions {
+            stdin,
+            stdout: output,
+            stderr: output,
+            stream: true,
+            logs: false,
+            detach_keys: detach_keys.map(str::to_owned),
+        };
+        let results = self
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(api("attach to container"))?;
+        let output = results
+            .output
+            .filter_map(|item| async move {
+                match item {
+                    Ok(LogOutput::StdOut { message }) => Some(Ok(OutputChunk {
+                        stream: LogStream::Stdout,
+                        bytes: message,
+                    })),
+                    Ok(LogOutput::StdErr { message }) => Some(Ok(OutputChunk {
+                        stream: LogStream::Stderr,
+                        bytes: message,
+                    })),
+                    Ok(LogOutput::Console { message }) => Some(Ok(OutputChunk {
+                        stream: LogStream::Tty,
+                        bytes: message,
+                    })),
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(api("read attached output")(e))),
+                }
+            })
+            .boxed();
+        Ok(AttachSession {
+            input: results.input,
+            output,
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(api("start container"))
+    }
+
+    async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+    ) -> Result<BoxStream<'static, Result<LogChunk, RuntimeError>>, RuntimeError> {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            tail: "all".into(),
+            ..Default::default()
+        };
+        let stream = self
+            .docker
+            .logs(id, Some(options))
+            .filter_map(|item| async move {
+                let (stream, message) = match item {
+                    Ok(LogOutput::StdOut { message }) => (LogStream::Stdout, message),
+                    Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+                    Ok(LogOutput::Console { message }) => (LogStream::Tty, message),
+                    Ok(LogOutput::StdIn { .. }) => return None,
+                    Err(e) => return Some(Err(api("read container logs")(e))),
+                };
+                let (ts, bytes) = split_timestamp(&message);
+                Some(Ok(LogChunk { ts, stream, bytes }))
+            })
+            .boxed();
+        Ok(stream)
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        let mut stream = self.docker.wait_container(id, None::<WaitContainerOptions>);
+        match stream.next().await {
+            Some(Ok(resp)) => Ok(resp.status_code),
+            // bollard reports non-zero exit codes as errors.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) if is_not_found(&e) => match self.status(id).await? {
+                ContainerStatus::Exited(code) => Ok(code),
+                _ => Err(api("wait for container")(e)),
+            },
+            Some(Err(e)) => Err(api("wait for container")(e)),
+            None => match self.status(id).await? {
+                ContainerStatus::Exited(code) => Ok(code),
+                other => Err(RuntimeError::Api {
+                    operation: "wait for container",
+                    source: format!("the engine ended the wait without an exit code ({other:?})")
+                        .into(),
+                }),
+            },
+        }
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(grace.as_secs()).unwrap_or(10)),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: gone.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(api("stop container")(e)),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Err(e) if !is_not_found(&e) => Err(api("remove container")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), RuntimeError> {
+        let options = ResizeContainerTTYOptions {
+            h: i32::from(rows),
+            w: i32::from(cols),
+        };
+        self.docker
+            .resize_container_tty(id, options)
+            .await
+            .map_err(api("resize terminal"))
+    }
+
+    async fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                Ok(match state.status {
+                    Some(ContainerStateStatusEnum::RUNNING)
+                    | Some(ContainerStateStatusEnum::RESTARTING)
+                    | Some(ContainerStateStatusEnum::PAUSED) => ContainerStatus::Running,
+                    Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
+                    _ => ContainerStatus::Exited(state.exit_code.unwrap_or(-1)),
+                })
+            }
+            Err(e) if is_not_found(&e) => Ok(ContainerStatus::Missing),
+            Err(e) => Err(api("inspect container")(e)),
+        }
+    }
+
+    async fn objects_of_run(&self, run_id: &str) -> Result<RunObjects, RuntimeError> {
+        let filters =
+            HashMap::from([("label".to_owned(), vec![format!("{LABEL_RUN_ID}={run_id}")])]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(api("list containers"))?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect();
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(api("list networks"))?
+            .into_iter()
+            .filter_map(|n| n.id)
+            .collect();
+        Ok(RunObjects {
+            containers,
+            networks,
+        })
+    }
+}
+
+/// Splits `repo[:tag]` (a registry port is not a tag); digests are kept whole.
+fn split_image(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_split() {
+        assert_eq!(split_image("debian"), ("debian", "latest"));
+        assert_eq!(split_image("debian:bookworm"), ("debian", "bookworm"));
+        assert_eq!(
+            split_image("localhost:5000/x"),
+            ("localhost:5000/x", "latest")
+        );
+        assert_eq!(split_image("localhost:5000/x:1"), ("localhost:5000/x", "1"));
+    }
+
+    #[test]
+    fn timestamps_are_split_from_frames() {
+        let (ts, rest) = split_timestamp(&Bytes::from_static(
+            b"2026-11-25T15:04:05.123456789Z hello world\n",
+        ));
+        assert_eq!(ts.to_rfc3339(), "2026-11-25T15:04:05.123456789+00:00");
+        assert_eq!(&rest[..], b"hello world\n");
+        let (_, rest) = split_timestamp(&Bytes::from_static(b"no timestamp"));
+        assert_eq!(&rest[..], b"no timestamp");
+    }
+}
