@@ -323,7 +323,7 @@ impl Orchestrator {
         // Output: the log stream is the record (source timestamps) and, without a TTY, also
         // what the user sees. With a TTY the user sees the attach stream.
         let passthrough = !meta.spec.tty;
-        let logs = rt.logs(&container, true).await?;
+        let logs = rt.logs(&container, true, None).await?;
         let writer = self.store.log_writer(&meta.id)?;
         let (stdout, stderr) = (io.stdout, io.stderr);
         let (log_stdout, log_stderr, tty_out) = if passthrough {
@@ -331,7 +331,18 @@ impl Orchestrator {
         } else {
             (None, None, Some(stdout))
         };
-        let log_task = tokio::spawn(pump_logs(logs, writer, log_stdout, log_stderr));
+        let mut pump = LogPump {
+            writer,
+            assembler: LineAssembler::default(),
+            stdout: log_stdout,
+            stderr: log_stderr,
+            output_failed: false,
+            cursor: None,
+        };
+        let log_task = tokio::spawn(async move {
+            let result = pump.feed(logs, false).await;
+            (pump, result)
+        });
 
         let mut io_tasks = Vec::new();
         if let Some(session) = attach {
@@ -374,8 +385,23 @@ impl Orchestrator {
                 rt.wait(&container).await?
             }
         };
-        // The log stream ends once the container has stopped; bound the wait anyway.
-        let log_result = tokio::time::timeout(Duration::from_secs(30), log_task).await;
+        // The follow stream ends once the container has stopped; bound the wait anyway. The
+        // engine may end it before its last (unterminated) line is written, so catch up with
+        // a final read from where the stream stopped.
+        let log_result = match tokio::time::timeout(Duration::from_secs(30), log_task).await {
+            Ok(Ok((mut pump, result))) => match result {
+                Ok(()) => match rt
+                    .logs(&container, false, pump.cursor.map(|(ts, _)| ts))
+                    .await
+                {
+                    Ok(rest) => pump.feed(rest, true).await.and_then(|()| pump.finish()),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            },
+            Ok(Err(join)) => Err(RunError::Output(std::io::Error::other(join))),
+            Err(_) => Ok(()),
+        };
         for task in io_tasks {
             task.abort();
         }
@@ -393,18 +419,18 @@ impl Orchestrator {
             event::CONTAINER_EXITED,
             serde_json::json!({ "container_id": container, "exit_code": exit_code }),
         )?;
-        if let Ok(Ok(Err(e))) = log_result {
-            return Err(e);
-        }
+        log_result?;
         Ok(RunOutcome { exit_code, state })
     }
 
-    /// Removes the run's container (unless kept) and network. Errors are ignored: cleanup is
-    /// best effort and repeated by `reconcile`.
+    /// Removes the run's container and network, unless the run keeps its container (then both
+    /// stay, so the container can be inspected or restarted; `destroy` removes them). Errors
+    /// are ignored: cleanup is best effort and repeated by `reconcile` and `destroy`.
     pub async fn cleanup(&self, meta: &RunMetadata) {
-        if !meta.spec.keep
-            && let Some(c) = &meta.container_id
-        {
+        if meta.spec.keep {
+            return;
+        }
+        if let Some(c) = &meta.container_id {
             let _ = self.runtime.remove_container(c).await;
         }
         if let Some(n) = &meta.network_id {
@@ -449,11 +475,11 @@ impl Orchestrator {
         })?;
         self.cleanup(&updated).await;
         // Objects created but not yet recorded in metadata (crash between create and save).
-        if let Ok(objects) = self.runtime.objects_of_run(meta.id.as_str()).await {
+        if !updated.spec.keep
+            && let Ok(objects) = self.runtime.objects_of_run(meta.id.as_str()).await
+        {
             for c in objects.containers {
-                if !updated.spec.keep {
-                    let _ = self.runtime.remove_container(&c).await;
-                }
+                let _ = self.runtime.remove_container(&c).await;
             }
             for n in objects.networks {
                 let _ = self.runtime.remove_network(&n).await;
@@ -507,38 +533,67 @@ fn container_spec(
 }
 
 /// Reassembles runtime chunks into lines, writes them to `logs.jsonl` as they complete and
-/// passes the raw bytes through to the caller.
-async fn pump_logs(
-    mut logs: futures_util::stream::BoxStream<
-        'static,
-        Result<crate::runtime::LogChunk, RuntimeError>,
-    >,
-    mut writer: LogWriter,
-    mut stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
-    mut stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
-) -> Result<(), RunError> {
-    let mut assembler = LineAssembler::default();
-    let mut output_failed = false;
-    while let Some(chunk) = logs.next().await {
-        let chunk = chunk?;
-        let out = match chunk.stream {
-            LogStream::Stderr => stderr.as_mut(),
-            LogStream::Stdout | LogStream::Tty => stdout.as_mut(),
+/// passes the raw bytes through to the caller. Remembers how far it got, so a final catch-up
+/// read after the container exits can add what a follow stream missed, without duplicates.
+struct LogPump {
+    writer: LogWriter,
+    assembler: LineAssembler,
+    stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    output_failed: bool,
+    /// Timestamp of the last chunk processed, and how many chunks carried exactly it.
+    cursor: Option<(chrono::DateTime<Utc>, usize)>,
+}
+
+type LogStreamBox =
+    futures_util::stream::BoxStream<'static, Result<crate::runtime::LogChunk, RuntimeError>>;
+
+impl LogPump {
+    /// Processes `logs`; with `catch_up`, chunks at or before the cursor are skipped.
+    async fn feed(&mut self, mut logs: LogStreamBox, catch_up: bool) -> Result<(), RunError> {
+        let mut skip_at_cursor = if catch_up {
+            self.cursor.map_or(0, |(_, n)| n)
+        } else {
+            0
         };
-        if let (Some(out), false) = (out, output_failed) {
-            // A closed terminal or pipe must not stop the recording.
-            output_failed =
-                out.write_all(&chunk.bytes).await.is_err() || out.flush().await.is_err();
+        while let Some(chunk) = logs.next().await {
+            let chunk = chunk?;
+            if catch_up && let Some((ts, _)) = self.cursor {
+                if chunk.ts < ts {
+                    continue;
+                }
+                if chunk.ts == ts && skip_at_cursor > 0 {
+                    skip_at_cursor -= 1;
+                    continue;
+                }
+            }
+            self.cursor = match self.cursor {
+                Some((ts, n)) if ts == chunk.ts => Some((ts, n + 1)),
+                _ => Some((chunk.ts, 1)),
+            };
+            let out = match chunk.stream {
+                LogStream::Stderr => self.stderr.as_mut(),
+                LogStream::Stdout | LogStream::Tty => self.stdout.as_mut(),
+            };
+            if let (Some(out), false) = (out, self.output_failed) {
+                // A closed terminal or pipe must not stop the recording.
+                self.output_failed =
+                    out.write_all(&chunk.bytes).await.is_err() || out.flush().await.is_err();
+            }
+            for record in self.assembler.push(chunk.ts, chunk.stream, &chunk.bytes) {
+                self.writer.append(&record)?;
+            }
         }
-        for record in assembler.push(chunk.ts, chunk.stream, &chunk.bytes) {
-            writer.append(&record)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), RunError> {
+        for record in self.assembler.finish() {
+            self.writer.append(&record)?;
         }
+        self.writer.sync()?;
+        Ok(())
     }
-    for record in assembler.finish() {
-        writer.append(&record)?;
-    }
-    writer.sync()?;
-    Ok(())
 }
 
 /// Turns timestamped chunks into complete lines per stream, keeping the timestamp of the

@@ -233,12 +233,13 @@ pub trait Runtime: Send + Sync {
     /// Starts a created container.
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
 
-    /// The container's output from the beginning with source timestamps; with `follow` the
-    /// stream ends when the container stops.
+    /// The container's output with source timestamps, from the beginning or from the whole
+    /// second of `since`; with `follow` the stream ends when the container stops.
     async fn logs(
         &self,
         id: &str,
         follow: bool,
+        since: Option<DateTime<Utc>>,
     ) -> Result<BoxStream<'static, Result<LogChunk, RuntimeError>>, RuntimeError>;
 
     /// Waits for the container to exit and returns its exit code (128+N for signal N).

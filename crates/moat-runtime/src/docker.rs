@@ -339,9 +339,13 @@ impl Runtime for DockerRuntime {
         &self,
         id: &str,
         follow: bool,
+        since: Option<DateTime<Utc>>,
     ) -> Result<BoxStream<'static, Result<LogChunk, RuntimeError>>, RuntimeError> {
         let options = LogsOptions {
             follow,
+            since: since
+                .and_then(|t| i32::try_from(t.timestamp()).ok())
+                .unwrap_or(0),
             stdout: true,
             stderr: true,
             timestamps: true,

@@ -291,13 +291,18 @@ pub(crate) async fn attach(ctx: &Context, args: RunRef) -> CliResult<i32> {
         }
     }
     drop(raw);
-    // Either the container ended (report its code) or we detached (0).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    match rt.status(&container).await {
-        Ok(ContainerStatus::Exited(code)) => Ok(i32::try_from(code).unwrap_or(1)),
-        _ => {
-            output::info(ctx, format_args!("\ndetached from {}", run.id));
-            Ok(0)
+    // Either the container ended (report its code) or we detached (0). The engine may take a
+    // moment to report the exit after the stream closes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match rt.status(&container).await {
+            Ok(ContainerStatus::Exited(code)) => return Ok(i32::try_from(code).unwrap_or(1)),
+            Ok(ContainerStatus::Missing) => return Ok(0),
+            _ if tokio::time::Instant::now() >= deadline || interrupted.is_cancelled() => {
+                output::info(ctx, format_args!("\ndetached from {}", run.id));
+                return Ok(0);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }

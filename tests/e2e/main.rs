@@ -1,0 +1,6 @@
+//! End-to-end suites: the real `moat` binary against a real Docker engine.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+mod errors;
+mod lifecycle;
+mod run;
