@@ -1,9 +1,5 @@
 //! Terminal output: data on stdout, everything else on stderr.
-#![expect(
-    clippy::print_stdout,
-    clippy::print_stderr,
-    reason = "the CLI's single place that prints"
-)]
+#![expect(clippy::print_stderr, reason = "the CLI's single place that prints")]
 
 use std::fmt;
 use std::io::IsTerminal;

@@ -789,7 +789,7 @@ snapshots:
             cfg.env.get(&EnvName("DEBUG".into())),
             Some(&EnvValue("1".into()))
         );
-        assert_eq!(cfg.mounts[0].readonly, true);
+        assert!(cfg.mounts[0].readonly);
         assert_eq!(
             cfg.ports[1],
             PortSpec {

@@ -385,6 +385,16 @@ impl Orchestrator {
                 rt.wait(&container).await?
             }
         };
+        // The network is not needed once the container has exited; tear it down while the
+        // logs drain instead of after.
+        let network_teardown = match (&spec.network, meta.spec.keep) {
+            (NetworkAttachment::Network(net), false) => {
+                let rt = Arc::clone(rt);
+                let net = net.clone();
+                Some(tokio::spawn(async move { rt.remove_network(&net).await }))
+            }
+            _ => None,
+        };
         // The follow stream ends once the container has stopped; bound the wait anyway. The
         // engine may end it before its last (unterminated) line is written, so catch up with
         // a final read from where the stream stopped.
@@ -404,6 +414,9 @@ impl Orchestrator {
         };
         for task in io_tasks {
             task.abort();
+        }
+        if let Some(task) = network_teardown {
+            let _ = task.await;
         }
         let state = if stopped_by_us {
             RunState::Stopped
@@ -433,6 +446,7 @@ impl Orchestrator {
         if let Some(c) = &meta.container_id {
             let _ = self.runtime.remove_container(c).await;
         }
+        // Usually already removed when the container exited; removing twice is harmless.
         if let Some(n) = &meta.network_id {
             let _ = self.runtime.remove_network(n).await;
         }

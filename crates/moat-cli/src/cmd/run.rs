@@ -142,8 +142,8 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
         env.push(("HOME".into(), "/tmp".into()));
     }
     let interactive = args.interactive || config.interactive;
-    let tty =
-        interactive && std::io::stdin().is_terminal() && !args.detach || interactive && args.detach;
+    // Detached interactive runs always get a TTY, for `moat attach`.
+    let tty = interactive && (args.detach || std::io::stdin().is_terminal());
     let mut mounts = Vec::new();
     for m in &config.mounts {
         let source = if m.source.is_absolute() {
