@@ -120,3 +120,55 @@ pub(crate) struct LogsArgs {
     #[arg(short = 'n', long = "lines", value_name = "N")]
     pub(crate) lines: Option<usize>,
 }
+
+/// The CLI reference (`docs/cli.md`), generated from the clap definitions.
+#[cfg(test)]
+pub(crate) fn reference_markdown() -> String {
+    use clap::CommandFactory;
+    let mut root = Cli::command().term_width(100);
+    let mut out = String::from(
+        "# moat command-line reference\n\n\
+         Generated from the clap definitions by `MOAT_UPDATE_DOCS=1 cargo test -p moat-cli`; \
+         a test fails when this file drifts.\n\n",
+    );
+    out.push_str("## moat\n\n```text\n");
+    out.push_str(&root.render_long_help().to_string());
+    out.push_str("```\n");
+    let names: Vec<String> = root
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for name in names {
+        if let Some(sub) = root.find_subcommand_mut(&name) {
+            let mut sub = sub.clone().bin_name(format!("moat {name}")).term_width(100);
+            out.push_str(&format!("\n## moat {name}\n\n```text\n"));
+            out.push_str(&sub.render_long_help().to_string());
+            out.push_str("```\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_reference_is_fresh() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+        let generated = super::reference_markdown();
+        if std::env::var_os("MOAT_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/cli.md is stale; regenerate it with `MOAT_UPDATE_DOCS=1 cargo test -p moat-cli` and commit it"
+        );
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
