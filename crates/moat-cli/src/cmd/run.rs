@@ -77,6 +77,7 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
     if let Some(p) = &config_path {
         output::debug(ctx, format_args!("using {}", p.display()));
     }
+    refuse_unavailable(&config)?;
     let runtime = match args.runtime {
         Some(RuntimeArg::Docker) => RuntimeKind::Docker,
         Some(RuntimeArg::Apple) => RuntimeKind::Apple,
@@ -186,6 +187,40 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
         },
         runtime,
     })
+}
+
+/// Refuses moat.yaml features this version cannot honour yet, rather than silently running
+/// without them.
+fn refuse_unavailable(config: &MoatConfig) -> CliResult<()> {
+    if !config.grants.is_empty() {
+        return Err(CliError::new(
+            EXIT_PRE_RUN,
+            format!(
+                "moat.yaml asks for grants ({}), but credential injection is not available in this version",
+                config.grants.join(", ")
+            ),
+        )
+        .hint("remove `grants:` from moat.yaml to run without credentials"));
+    }
+    if !config.secrets.is_empty() {
+        return Err(CliError::new(
+            EXIT_PRE_RUN,
+            "moat.yaml has `secrets:`, but secret resolution is not available in this version",
+        )
+        .hint("remove `secrets:` from moat.yaml, or pass values with `-e KEY=VALUE`"));
+    }
+    if !config.dependencies.is_empty() {
+        output::warn(format_args!(
+            "moat.yaml `dependencies` ({}) are not installed by this version; use an image that has them",
+            config.dependencies.join(", ")
+        ));
+    }
+    if !config.network.allow.is_empty() {
+        output::warn(format_args!(
+            "moat.yaml `network.allow` is not enforced by this version (no egress proxy yet)"
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_workspace(path: &Path) -> CliResult<std::path::PathBuf> {
