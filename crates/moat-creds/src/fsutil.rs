@@ -5,6 +5,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +31,14 @@ pub enum FsError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The directory can be written by other users, who could replace the key file.
+    #[error("directory {} is writable by other users (mode {mode:o}); run `chmod 700 {}`", path.display(), path.display())]
+    InsecureDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The store lock could not be taken in time.
     #[error("timed out waiting for the lock {}; another moat process may be stuck, check `ps` and retry", path.display())]
@@ -100,9 +109,19 @@ impl Drop for StoreLock {
     }
 }
 
-/// Creates `dir` (and parents) with mode 0700 when missing.
+/// Creates `dir` (and parents) with mode 0700 when missing; refuses an existing directory
+/// that other users can write to (sticky directories such as `/tmp` excepted).
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), FsError> {
-    if dir.is_dir() {
+    if let Ok(meta) = fs::metadata(dir)
+        && meta.is_dir()
+    {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(FsError::InsecureDirectory {
+                path: dir.to_owned(),
+                mode,
+            });
+        }
         return Ok(());
     }
     fs::DirBuilder::new()
@@ -150,8 +169,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), FsError> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use super::*;
 
     #[test]
@@ -176,6 +193,11 @@ mod tests {
         let sub = dir.path().join("x/credentials");
         ensure_private_dir(&sub)?;
         assert_eq!(fs::metadata(&sub)?.permissions().mode() & 0o777, 0o700);
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o777))?;
+        assert!(matches!(
+            ensure_private_dir(&sub),
+            Err(FsError::InsecureDirectory { mode: 0o777, .. })
+        ));
         Ok(())
     }
 
