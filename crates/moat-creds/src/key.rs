@@ -389,6 +389,19 @@ impl StoreKey {
         }
     }
 
+    /// The salt of a key already derived with `params` in this process, if any.
+    pub(crate) fn cached_salt(&self, params: KdfParams) -> Option<[u8; 16]> {
+        match &self.inner {
+            KeyInner::Raw { .. } => None,
+            KeyInner::Passphrase { cache, .. } => cache
+                .lock()
+                .ok()?
+                .iter()
+                .find(|(p, _, _)| *p == params)
+                .map(|(_, salt, _)| *salt),
+        }
+    }
+
     /// The raw key for a file: the key itself, or the passphrase stretched with `kdf`.
     pub(crate) fn file_key(
         &self,

@@ -42,6 +42,9 @@ pub const FORMAT_VERSION: u8 = 1;
 /// File name suffix of credential files.
 pub const FILE_SUFFIX: &str = ".enc";
 
+/// Largest credential file read; anything bigger is reported as corrupt.
+pub const MAX_FILE_LEN: usize = 1024 * 1024;
+
 /// Longest grant name accepted.
 pub const MAX_GRANT_NAME_LEN: usize = 64;
 
@@ -140,6 +143,11 @@ pub enum CorruptReason {
     Tampered,
     /// The decrypted content is not a grant record.
     BadPayload,
+    /// The file is larger than any credential file.
+    TooLarge {
+        /// The limit in bytes.
+        max: usize,
+    },
 }
 
 impl fmt::Display for CorruptReason {
@@ -159,6 +167,7 @@ impl fmt::Display for CorruptReason {
             Self::BadKdfParams => f.write_str("Argon2id parameters out of bounds"),
             Self::Tampered => f.write_str("authentication failed, the file was modified"),
             Self::BadPayload => f.write_str("decrypted content is not a grant record"),
+            Self::TooLarge { max } => write!(f, "larger than {max} bytes"),
         }
     }
 }
@@ -314,7 +323,7 @@ impl CredentialStore {
     pub fn load(&self, grant: &str) -> Result<Option<GrantRecord>, StoreError> {
         validate_grant_name(grant)?;
         let path = self.path_for(grant);
-        let bytes = match fs::read(&path) {
+        let bytes = match read_bounded(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -326,6 +335,13 @@ impl CredentialStore {
                 .into());
             }
         };
+        if bytes.len() > MAX_FILE_LEN {
+            return Err(StoreError::Corrupt {
+                path,
+                grant: grant.to_owned(),
+                reason: CorruptReason::TooLarge { max: MAX_FILE_LEN },
+            });
+        }
         self.decrypt(grant, &path, &bytes).map(Some)
     }
 
@@ -383,6 +399,33 @@ impl CredentialStore {
         }
     }
 
+    /// The salt of an existing passphrase file written with `params` and the same
+    /// passphrase, so that every file shares one salt and reading N grants costs one Argon2id
+    /// derivation instead of N. At most one derivation is spent looking.
+    fn existing_salt(&self, params: KdfParams) -> Option<[u8; 16]> {
+        let entries = fs::read_dir(&self.dir).ok()?;
+        for entry in entries.flatten().take(64) {
+            let name = entry.file_name();
+            if !name.to_str().is_some_and(|n| n.ends_with(FILE_SUFFIX)) {
+                continue;
+            }
+            let Ok(bytes) = read_bounded(&entry.path()) else {
+                continue;
+            };
+            let Ok(header) = parse_header(&bytes) else {
+                continue;
+            };
+            if let Some((p, salt)) = header.kdf
+                && p == params
+                && header.kind == KeyKind::Passphrase
+            {
+                let key = self.key.file_key(Some((p, salt))).ok()?;
+                return (key_check(&key) == header.check).then_some(salt);
+            }
+        }
+        None
+    }
+
     fn encrypt(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
         let name_len = u8::try_from(name.len()).map_err(|_| StoreError::InvalidGrantName {
             name: name.to_owned(),
@@ -395,7 +438,13 @@ impl CredentialStore {
         header.extend_from_slice(name.as_bytes());
         let kdf = match self.key.write_params() {
             Some(params) => {
-                let salt: [u8; 16] = random_array()?;
+                let salt = match self.key.cached_salt(params) {
+                    Some(salt) => salt,
+                    None => match self.existing_salt(params) {
+                        Some(salt) => salt,
+                        None => random_array()?,
+                    },
+                };
                 header.extend_from_slice(&params.m_cost_kib.to_le_bytes());
                 header.extend_from_slice(&params.t_cost.to_le_bytes());
                 header.extend_from_slice(&params.p_cost.to_le_bytes());
@@ -436,59 +485,23 @@ impl CredentialStore {
             grant: grant.to_owned(),
             reason,
         };
-        if bytes.len() < MAGIC.len() {
-            return Err(corrupt(if MAGIC.starts_with(bytes) {
-                CorruptReason::Truncated {
-                    expected: MAGIC.len(),
-                    actual: bytes.len(),
-                }
-            } else {
-                CorruptReason::NotACredentialFile
-            }));
-        }
-        let mut r = Reader { bytes, pos: 0 };
-        if r.take(MAGIC.len()).map_err(&corrupt)? != MAGIC {
-            return Err(corrupt(CorruptReason::NotACredentialFile));
-        }
-        let version = r.u8().map_err(&corrupt)?;
-        if version != FORMAT_VERSION {
-            return Err(StoreError::UnsupportedVersion {
+        let header = parse_header(bytes).map_err(|e| match e {
+            HeaderError::Corrupt(reason) => corrupt(reason),
+            HeaderError::Version(version) => StoreError::UnsupportedVersion {
                 path: path.to_owned(),
                 grant: grant.to_owned(),
                 version,
-            });
-        }
-        let kind = KeyKind::from_byte(r.u8().map_err(&corrupt)?)
-            .ok_or_else(|| corrupt(CorruptReason::BadHeader { field: "key kind" }))?;
-        let name_len = usize::from(r.u8().map_err(&corrupt)?);
-        let name = r.take(name_len).map_err(&corrupt)?;
-        let name = std::str::from_utf8(name)
-            .ok()
-            .filter(|n| validate_grant_name(n).is_ok())
-            .ok_or_else(|| {
-                corrupt(CorruptReason::BadHeader {
-                    field: "grant name",
-                })
-            })?;
-        let kdf = if kind == KeyKind::Passphrase {
-            let params = KdfParams {
-                m_cost_kib: r.u32().map_err(&corrupt)?,
-                t_cost: r.u32().map_err(&corrupt)?,
-                p_cost: r.u32().map_err(&corrupt)?,
-            };
-            let salt: [u8; 16] = r.array().map_err(&corrupt)?;
-            Some((params, salt))
-        } else {
-            None
-        };
-        let check: [u8; 16] = r.array().map_err(&corrupt)?;
-        let nonce: [u8; 24] = r.array().map_err(&corrupt)?;
-        let ct_len = usize::try_from(r.u32().map_err(&corrupt)?)
-            .map_err(|_| corrupt(CorruptReason::BadHeader { field: "length" }))?;
-        let header_len = r.pos;
-        if ct_len < TAG_LEN {
-            return Err(corrupt(CorruptReason::BadHeader { field: "length" }));
-        }
+            },
+        })?;
+        let Header {
+            kind,
+            name,
+            kdf,
+            check,
+            nonce,
+            ct_len,
+            header_len,
+        } = header;
         if name != grant {
             return Err(StoreError::WrongGrant {
                 path: path.to_owned(),
@@ -592,6 +605,85 @@ struct PayloadIn {
     value: String,
 }
 
+/// The parsed header of a credential file.
+struct Header<'a> {
+    kind: KeyKind,
+    name: &'a str,
+    kdf: Option<(KdfParams, [u8; 16])>,
+    check: [u8; 16],
+    nonce: [u8; 24],
+    ct_len: usize,
+    header_len: usize,
+}
+
+enum HeaderError {
+    Corrupt(CorruptReason),
+    Version(u8),
+}
+
+impl From<CorruptReason> for HeaderError {
+    fn from(reason: CorruptReason) -> Self {
+        Self::Corrupt(reason)
+    }
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header<'_>, HeaderError> {
+    if bytes.len() < MAGIC.len() {
+        return Err(HeaderError::Corrupt(if MAGIC.starts_with(bytes) {
+            CorruptReason::Truncated {
+                expected: MAGIC.len(),
+                actual: bytes.len(),
+            }
+        } else {
+            CorruptReason::NotACredentialFile
+        }));
+    }
+    let mut r = Reader { bytes, pos: 0 };
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err(CorruptReason::NotACredentialFile.into());
+    }
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let kind = KeyKind::from_byte(r.u8()?).ok_or(CorruptReason::BadHeader { field: "key kind" })?;
+    let name_len = usize::from(r.u8()?);
+    let name = r.take(name_len)?;
+    let name = std::str::from_utf8(name)
+        .ok()
+        .filter(|n| validate_grant_name(n).is_ok())
+        .ok_or(CorruptReason::BadHeader {
+            field: "grant name",
+        })?;
+    let kdf = if kind == KeyKind::Passphrase {
+        let params = KdfParams {
+            m_cost_kib: r.u32()?,
+            t_cost: r.u32()?,
+            p_cost: r.u32()?,
+        };
+        let salt: [u8; 16] = r.array()?;
+        Some((params, salt))
+    } else {
+        None
+    };
+    let check: [u8; 16] = r.array()?;
+    let nonce: [u8; 24] = r.array()?;
+    let ct_len =
+        usize::try_from(r.u32()?).map_err(|_| CorruptReason::BadHeader { field: "length" })?;
+    if ct_len < TAG_LEN {
+        return Err(CorruptReason::BadHeader { field: "length" }.into());
+    }
+    Ok(Header {
+        kind,
+        name,
+        kdf,
+        check,
+        nonce,
+        ct_len,
+        header_len: r.pos,
+    })
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -636,6 +728,15 @@ fn key_check(key: &KeyBytes) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out
+}
+
+/// Reads at most [`MAX_FILE_LEN`] + 1 bytes, so a huge file cannot exhaust memory.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_LEN as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn random_array<const N: usize>() -> Result<[u8; N], StoreError> {

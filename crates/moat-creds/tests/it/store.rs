@@ -160,6 +160,14 @@ fn truncated_file_is_detected() -> TestResult {
             ..
         })
     ));
+    fs::write(&path, vec![b'M'; moat_creds::store::MAX_FILE_LEN + 10])?;
+    assert!(matches!(
+        store.load("github"),
+        Err(StoreError::Corrupt {
+            reason: CorruptReason::TooLarge { .. },
+            ..
+        })
+    ));
     fs::write(&path, b"hello, this is not a credential file at all")?;
     assert!(matches!(
         store.load("github"),
@@ -252,6 +260,27 @@ fn passphrase_round_trips_and_rejects_a_wrong_one() -> TestResult {
         msg.contains(&wrong.path_for("anthropic").display().to_string()),
         "{msg}"
     );
+
+    // Files written by separate processes share one salt, so reading every grant costs a
+    // single Argon2id derivation.
+    let third = CredentialStore::open(
+        dir.path(),
+        StoreKey::from_passphrase(Secret::new("correct horse battery staple"), cheap())?,
+    )?;
+    third.save(&record("openai", "sk-openai"))?;
+    let salt_of = |name: &str| -> Result<Vec<u8>, std::io::Error> {
+        let bytes = fs::read(dir.path().join(format!("{name}.enc")))?;
+        let at = 8 + 1 + 1 + 1 + name.len() + 12;
+        Ok(bytes[at..at + 16].to_vec())
+    };
+    assert_eq!(salt_of("anthropic")?, salt_of("openai")?);
+    // A different passphrase does not adopt the salt of files it cannot read.
+    let other = CredentialStore::open(
+        dir.path(),
+        StoreKey::from_passphrase(Secret::new("another passphrase"), cheap())?,
+    )?;
+    other.save(&record("github", TOKEN))?;
+    assert_ne!(salt_of("github")?, salt_of("openai")?);
 
     // Through resolve(): auto without an OS keyring takes the passphrase.
     let auto = StoreKey::resolve(
