@@ -298,14 +298,21 @@ impl StoreKey {
         passphrase: Option<Secret>,
         os: &dyn OsKeyring,
     ) -> Result<Self, KeyError> {
+        // Two processes creating the OS keyring entry at once must not end up with two
+        // keys: the store lock serializes them like any other writer.
+        let os_key = |os: &dyn OsKeyring| -> Result<Option<KeyBytes>, KeyError> {
+            ensure_private_dir(credentials_dir)?;
+            let _lock = StoreLock::acquire(credentials_dir)?;
+            Ok(os.load_or_create()?)
+        };
         match mode {
-            KeyringMode::Os => match os.load_or_create()? {
+            KeyringMode::Os => match os_key(os)? {
                 Some(key) => Ok(Self::from_os_keyring(key, os.name())),
                 None => Err(KeyError::OsUnavailable),
             },
             KeyringMode::File => Self::from_key_file(credentials_dir),
             KeyringMode::Auto => {
-                if let Some(key) = os.load_or_create()? {
+                if let Some(key) = os_key(os)? {
                     return Ok(Self::from_os_keyring(key, os.name()));
                 }
                 match passphrase {

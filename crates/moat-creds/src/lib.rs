@@ -21,12 +21,16 @@
 //!
 //! # OS keyring
 //!
-//! This build has no OS keyring backend: [`UnavailableOsKeyring`] reports none, so
-//! `MOAT_KEYRING=os` fails with "OS keyring is not available" and `auto` falls back to the
-//! passphrase or the key file. On Linux the persistent keyring is the Secret Service (a
-//! D-Bus daemon that headless machines and containers lack) and the kernel keyring does not
-//! survive a reboot, so neither may hold the only copy of the key. A platform backend plugs
-//! in through the [`OsKeyring`] trait.
+//! With the default feature `os-keyring`, [`SystemOsKeyring`] keeps a random master key in
+//! the macOS Keychain or, on Linux, in the Secret Service (GNOME Keyring, KWallet) over
+//! D-Bus, in pure Rust (zbus): no system C library is needed to build it. When no keyring
+//! can be reached (no D-Bus session, as on servers and in containers) it reports itself
+//! unavailable: `MOAT_KEYRING=os` then fails with "OS keyring is not available" and `auto`
+//! falls back to the passphrase or the key file. A reachable keyring that fails (locked,
+//! prompt dismissed) is an error, never a silent fallback. The Linux kernel keyring is not
+//! used: it does not survive a reboot, so it must not hold the only copy of the key.
+//! Without the feature, [`UnavailableOsKeyring`] is the only implementation of
+//! [`OsKeyring`].
 //!
 //! # File format (version 1)
 //!
@@ -64,6 +68,8 @@
 pub mod fsutil;
 pub mod grant;
 pub mod key;
+#[cfg(feature = "os-keyring")]
+pub mod os_keyring;
 pub mod provider;
 pub mod resolve;
 pub mod store;
@@ -87,6 +93,8 @@ pub use key::OsKeyring;
 pub use key::OsKeyringError;
 pub use key::StoreKey;
 pub use key::UnavailableOsKeyring;
+#[cfg(feature = "os-keyring")]
+pub use os_keyring::SystemOsKeyring;
 pub use provider::Provider;
 pub use provider::ProviderError;
 pub use provider::ProviderRegistry;

@@ -4,6 +4,8 @@
 
 mod concurrency;
 mod flow;
+#[cfg(all(feature = "os-keyring", target_os = "linux"))]
+mod os_keyring;
 mod resolve;
 mod store;
 mod support;
