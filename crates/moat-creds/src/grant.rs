@@ -264,6 +264,12 @@ pub enum GrantError {
         /// Variables that would have been used.
         variables: Vec<String>,
     },
+    /// Nothing is stored for the grant.
+    #[error("no credential stored for grant `{grant}`; run `moat grant {grant}` first")]
+    NotGranted {
+        /// The grant.
+        grant: String,
+    },
     /// The terminal failed.
     #[error(transparent)]
     Prompt(#[from] PromptError),
@@ -297,6 +303,26 @@ impl<'a> Granter<'a> {
             validator,
             gh,
         }
+    }
+
+    /// Checks a stored grant with its provider again and records the result
+    /// (`last_validated_at`, account). A rejected value stays stored, and the error says so.
+    pub async fn revalidate(&self, grant: &str) -> Result<GrantMeta, GrantError> {
+        let provider = self.providers.get(grant)?;
+        let mut record = self
+            .store
+            .load(grant)?
+            .ok_or_else(|| GrantError::NotGranted {
+                grant: grant.to_owned(),
+            })?;
+        if let Some(v) = self.validator.validate(&provider, &record.value).await? {
+            record.meta.last_validated_at = Some(Utc::now());
+            if v.account.is_some() {
+                record.meta.account = v.account;
+            }
+            self.store.save(&record)?;
+        }
+        Ok(record.meta)
     }
 
     /// Finds a value (environment, then `gh` with confirmation, then a hidden prompt),

@@ -134,11 +134,11 @@ pub struct KdfParams {
 impl KdfParams {
     /// Upper bounds accepted from a file header, so that a crafted file cannot make moat
     /// allocate unbounded memory or spin for hours.
-    pub const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+    pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
     /// See [`Self::MAX_M_COST_KIB`].
-    pub const MAX_T_COST: u32 = 64;
+    pub const MAX_T_COST: u32 = 16;
     /// See [`Self::MAX_M_COST_KIB`].
-    pub const MAX_P_COST: u32 = 64;
+    pub const MAX_P_COST: u32 = 16;
 
     /// Whether the parameters are within the bounds moat accepts from a file.
     pub fn is_acceptable(&self) -> bool {

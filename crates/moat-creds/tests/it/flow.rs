@@ -239,3 +239,33 @@ async fn no_terminal_and_no_token_names_the_variables() -> TestResult {
     assert!(store.list()?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn revalidate_updates_the_metadata() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = store(dir.path())?;
+    let providers = ProviderRegistry::new(None);
+    let validator = AcceptingValidator::default();
+    let gh = CommandGhCli::new(dir.path().join("no-gh"));
+    let granter = Granter::new(&store, &providers, &validator, &gh);
+    let err = granter
+        .revalidate("github")
+        .await
+        .err()
+        .ok_or("revalidated nothing")?;
+    assert!(matches!(err, GrantError::NotGranted { .. }), "{err:?}");
+    let mut request = request("github", &[("GH_TOKEN", "ghp_x")]);
+    request.validate = false;
+    let outcome = granter
+        .grant(&request, &mut FakePrompter::default())
+        .await?;
+    assert!(!outcome.validated);
+    assert!(outcome.meta.last_validated_at.is_none());
+    let meta = granter.revalidate("github").await?;
+    assert!(meta.last_validated_at.is_some());
+    assert_eq!(meta.account.as_deref(), Some("octocat"));
+    let stored = store.load("github")?.ok_or("lost")?;
+    assert_eq!(stored.meta, meta);
+    assert_eq!(stored.value.expose(), "ghp_x");
+    Ok(())
+}

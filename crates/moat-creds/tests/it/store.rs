@@ -433,3 +433,65 @@ fn list_and_revoke() -> TestResult {
     ));
     Ok(())
 }
+
+/// Deterministic xorshift so failures reproduce.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+    }
+}
+
+#[test]
+fn random_damage_never_panics_or_decrypts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = CredentialStore::open(
+        dir.path(),
+        StoreKey::from_passphrase(Secret::new("pw"), cheap())?,
+    )?;
+    store.save(&record("github", TOKEN))?;
+    let path = store.path_for("github");
+    let good = fs::read(&path)?;
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    for round in 0..600 {
+        let mut bad = good.clone();
+        match round % 4 {
+            0 => {
+                for _ in 0..=rng.below(4) {
+                    let i = rng.below(bad.len());
+                    bad[i] = bad[i].wrapping_add(1 + (rng.next() % 255) as u8);
+                }
+            }
+            1 => bad.truncate(rng.below(good.len())),
+            2 => {
+                let at = rng.below(bad.len());
+                bad.insert(at, (rng.next() % 256) as u8);
+            }
+            _ => {
+                bad = (0..rng.below(200))
+                    .map(|_| (rng.next() % 256) as u8)
+                    .collect();
+                if round % 8 == 3 {
+                    bad.splice(0..0, b"MOATCRED\x01\x03".iter().copied());
+                }
+            }
+        }
+        if bad == good {
+            continue;
+        }
+        fs::write(&path, &bad)?;
+        assert!(
+            store.load("github").is_err(),
+            "round {round}: damaged file decrypted"
+        );
+    }
+    Ok(())
+}
