@@ -105,6 +105,7 @@ pub use store::GrantMeta;
 pub use store::GrantRecord;
 pub use store::GrantSource;
 pub use store::StoreError;
+pub use store::revoke_grant;
 pub use validate::HttpValidator;
 pub use validate::ResolveOverride;
 pub use validate::UpstreamOverrides;

@@ -381,22 +381,7 @@ impl CredentialStore {
 
     /// Removes `grant`; `Ok(false)` when nothing was stored. Works on damaged files too.
     pub fn revoke(&self, grant: &str) -> Result<bool, StoreError> {
-        validate_grant_name(grant)?;
-        let path = self.path_for(grant);
-        let _lock = StoreLock::acquire(&self.dir)?;
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                sync_dir(&self.dir)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(FsError::Io {
-                action: "remove",
-                path,
-                source,
-            }
-            .into()),
-        }
+        revoke_grant(&self.dir, grant)
     }
 
     /// The salt of an existing passphrase file written with `params` and the same
@@ -568,6 +553,31 @@ impl CredentialStore {
             meta: payload.meta,
             value: Secret::new(payload.value),
         })
+    }
+}
+
+/// Removes `grant` from the store in `dir` without needing its key, so a grant whose file
+/// is damaged or was written with a lost key can still be revoked. `Ok(false)` when nothing
+/// was stored.
+pub fn revoke_grant(dir: &Path, grant: &str) -> Result<bool, StoreError> {
+    validate_grant_name(grant)?;
+    let path = dir.join(format!("{grant}{FILE_SUFFIX}"));
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let _lock = StoreLock::acquire(dir)?;
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            sync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(FsError::Io {
+            action: "remove",
+            path,
+            source,
+        }
+        .into()),
     }
 }
 

@@ -422,7 +422,14 @@ fn list_and_revoke() -> TestResult {
     assert_eq!(gh.source.to_string(), "env (GITHUB_TOKEN)");
     assert!(!format!("{listing:?}").contains(TOKEN));
 
-    assert!(store.revoke("anthropic")?, "corrupt grants can be revoked");
+    assert!(
+        moat_creds::revoke_grant(dir.path(), "anthropic")?,
+        "corrupt grants can be revoked without a key"
+    );
+    assert!(!moat_creds::revoke_grant(
+        &dir.path().join("missing"),
+        "anthropic"
+    )?);
     assert!(store.revoke("github")?);
     assert!(!store.revoke("github")?);
     assert!(store.load("github")?.is_none());
