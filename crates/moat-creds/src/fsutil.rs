@@ -160,6 +160,23 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), F
     result
 }
 
+/// Removes temp files a crashed writer left in `dir`. Callers hold the [`StoreLock`]: every
+/// writer creates its temp file under the lock, so any temp file seen now is stale.
+pub(crate) fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Flushes a directory entry change (rename, unlink) to disk.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), FsError> {
     fs::File::open(dir)

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use crate::fsutil::FsError;
 use crate::fsutil::StoreLock;
 use crate::fsutil::ensure_private_dir;
+use crate::fsutil::remove_stale_temps;
 use crate::fsutil::sync_dir;
 use crate::fsutil::write_atomic;
 use crate::key::KdfParams;
@@ -315,6 +316,7 @@ impl CredentialStore {
         })?;
         let bytes = self.encrypt(name, &plaintext)?;
         let _lock = StoreLock::acquire(&self.dir)?;
+        remove_stale_temps(&self.dir);
         write_atomic(&self.dir, &format!("{name}{FILE_SUFFIX}"), &bytes)?;
         Ok(())
     }

@@ -63,7 +63,17 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn round_trip_and_no_plaintext_on_disk() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = key_file_store(dir.path())?;
+    // A temp file left by a crashed writer is cleaned up by the next write.
+    fs::write(
+        dir.path().join(".github.enc.tmp-1-0011223344556677"),
+        b"partial",
+    )?;
     store.save(&record("github", TOKEN))?;
+    assert!(
+        !dir.path()
+            .join(".github.enc.tmp-1-0011223344556677")
+            .exists()
+    );
     let loaded = store.load("github")?.ok_or("grant missing")?;
     assert_eq!(loaded.value.expose(), TOKEN);
     assert_eq!(loaded.meta.account.as_deref(), Some("octocat"));
