@@ -1,6 +1,8 @@
 //! [`CredentialProvider`] over the encrypted store: grant names to injection rules and
 //! placeholder environment for one run.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use moat_core::creds::CredentialError;
 use moat_core::creds::CredentialProvider;
@@ -14,8 +16,14 @@ use crate::store::CredentialStore;
 /// Resolves grants from a [`CredentialStore`] with the providers of a [`ProviderRegistry`].
 ///
 /// Every call draws fresh random placeholders, so each run gets its own.
-#[derive(Debug)]
+/// Cloning is cheap and shares the store.
+#[derive(Debug, Clone)]
 pub struct StoreCredentialProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     store: CredentialStore,
     providers: ProviderRegistry,
 }
@@ -23,17 +31,27 @@ pub struct StoreCredentialProvider {
 impl StoreCredentialProvider {
     /// A provider over `store` and `providers`.
     pub fn new(store: CredentialStore, providers: ProviderRegistry) -> Self {
-        Self { store, providers }
+        Self {
+            inner: Arc::new(Inner { store, providers }),
+        }
     }
 
     /// The store.
     pub fn store(&self) -> &CredentialStore {
-        &self.store
+        &self.inner.store
     }
 
     /// The synchronous core of [`CredentialProvider::resolve`]. Duplicate names are
-    /// resolved once; the environment keeps the order of `grants`.
+    /// resolved once; the environment keeps the order of `grants`. Reading a
+    /// passphrase-protected store runs Argon2id (a fraction of a second), so async callers
+    /// go through [`CredentialProvider::resolve`], which runs this on a blocking thread.
     pub fn resolve_now(&self, grants: &[String]) -> Result<ResolvedGrants, CredentialError> {
+        self.inner.resolve_now(grants)
+    }
+}
+
+impl Inner {
+    fn resolve_now(&self, grants: &[String]) -> Result<ResolvedGrants, CredentialError> {
         let mut out = ResolvedGrants::default();
         let mut seen: Vec<&str> = Vec::new();
         for grant in grants {
@@ -81,6 +99,16 @@ impl StoreCredentialProvider {
 #[async_trait]
 impl CredentialProvider for StoreCredentialProvider {
     async fn resolve(&self, grants: &[String]) -> Result<ResolvedGrants, CredentialError> {
-        self.resolve_now(grants)
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.resolve_now(grants);
+        }
+        let inner = self.inner.clone();
+        let owned = grants.to_vec();
+        tokio::task::spawn_blocking(move || inner.resolve_now(&owned))
+            .await
+            .map_err(|e| CredentialError::Store {
+                grant: grants.join(","),
+                source: Box::new(e),
+            })?
     }
 }
