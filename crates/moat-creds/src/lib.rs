@@ -65,6 +65,8 @@
 //! directory, so concurrent grants never clobber each other and a crash never leaves a
 //! half-written file.
 
+#![warn(missing_docs)]
+
 pub mod fsutil;
 pub mod grant;
 pub mod key;
