@@ -19,6 +19,56 @@
 //!   prompt; then validation through [`HttpValidator`]; then save).
 //! - [`StoreCredentialProvider`]: `moat_core::creds::CredentialProvider` for runs.
 //!
+//! # Wiring (what the CLI does)
+//!
+//! ```no_run
+//! # async fn wire(moat_home: &std::path::Path, mut terminal: impl moat_creds::Prompter)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use moat_core::Secret;
+//! use moat_creds::*;
+//!
+//! // Values the CLI read from MOAT_KEYRING, MOAT_PASSPHRASE, MOAT_RESOLVE, MOAT_UPSTREAM_CA.
+//! let mode: KeyringMode = "auto".parse()?;
+//! let passphrase: Option<Secret> = None;
+//! let overrides = UpstreamOverrides {
+//!     resolve: ResolveOverride::parse_list("")?,
+//!     extra_roots_pem: Vec::new(),
+//! };
+//!
+//! let credentials = moat_home.join("credentials");
+//! let os = SystemOsKeyring::new("moat", "credentials-key");
+//! let key = StoreKey::resolve(mode, &credentials, passphrase, &os)?;
+//! let store = CredentialStore::open(&credentials, key)?;
+//! let providers = ProviderRegistry::new(Some(moat_home.join("providers")));
+//!
+//! // `moat grant github`
+//! let provider = providers.get("github")?;
+//! let env = provider
+//!     .token_vars()
+//!     .iter()
+//!     .filter_map(|v| std::env::var(v).ok().map(|x| (v.clone(), Secret::new(x))))
+//!     .collect();
+//! let validator = HttpValidator::new(&overrides)?;
+//! let gh = CommandGhCli::new("gh");
+//! let granter = Granter::new(&store, &providers, &validator, &gh);
+//! let request = GrantRequest { provider: "github".into(), env, validate: true };
+//! let outcome = granter.grant(&request, &mut terminal).await?;
+//! eprintln!("granted {} from {}", outcome.meta.name, outcome.meta.source);
+//!
+//! // `moat grant list`, `moat revoke github`
+//! for entry in store.list()? {
+//!     match entry.meta {
+//!         Ok(meta) => eprintln!("{} {} {}", meta.name, meta.source, meta.created_at),
+//!         Err(e) => eprintln!("{}: {e}", entry.name),
+//!     }
+//! }
+//! revoke_grant(&credentials, "github")?;
+//!
+//! // A run: hand this to the orchestrator as its `CredentialProvider`.
+//! let _run_credentials = StoreCredentialProvider::new(store, providers);
+//! # Ok(()) }
+//! ```
+//!
 //! # OS keyring
 //!
 //! With the default feature `os-keyring`, [`SystemOsKeyring`] keeps a random master key in
