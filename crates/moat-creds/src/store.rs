@@ -65,6 +65,9 @@ pub enum GrantSource {
     Prompt,
     /// Handed to the library directly by an embedding program.
     Provided,
+    /// A source recorded by a newer moat; kept readable rather than failing the file.
+    #[serde(other)]
+    Unknown,
 }
 
 impl fmt::Display for GrantSource {
@@ -74,6 +77,7 @@ impl fmt::Display for GrantSource {
             Self::GhCli => f.write_str("gh"),
             Self::Prompt => f.write_str("prompt"),
             Self::Provided => f.write_str("provided"),
+            Self::Unknown => f.write_str("unknown"),
         }
     }
 }
@@ -303,7 +307,12 @@ impl CredentialStore {
     pub fn save(&self, record: &GrantRecord) -> Result<(), StoreError> {
         let name = record.meta.name.as_str();
         validate_grant_name(name)?;
-        let mut plaintext = Zeroizing::new(Vec::with_capacity(256));
+        // Sized up front so serialization never reallocates and leaves copies of the value
+        // in freed memory.
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(
+            1024 + 6 * record.value.expose().len()
+                + record.meta.account.as_ref().map_or(0, |a| 6 * a.len()),
+        ));
         serde_json::to_writer(
             &mut *plaintext,
             &PayloadOut {
@@ -794,6 +803,14 @@ mod tests {
                 actual: 3
             })
         );
+    }
+
+    #[test]
+    fn unknown_sources_from_newer_versions_stay_readable() {
+        let meta: Result<GrantMeta, _> = serde_json::from_str(
+            r#"{"name":"github","source":{"kind":"vault","path":"x"},"created_at":"2026-01-01T00:00:00Z","last_validated_at":null,"account":null,"future":1}"#,
+        );
+        assert_eq!(meta.map(|m| m.source).ok(), Some(GrantSource::Unknown));
     }
 
     #[test]
