@@ -110,13 +110,14 @@ impl Drop for StoreLock {
 }
 
 /// Creates `dir` (and parents) with mode 0700 when missing; refuses an existing directory
-/// that other users can write to (sticky directories such as `/tmp` excepted).
+/// that other users can write to (even sticky ones such as `/tmp`, where another user could
+/// plant a key file before us).
 pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), FsError> {
     if let Ok(meta) = fs::metadata(dir)
         && meta.is_dir()
     {
         let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        if mode & 0o022 != 0 {
             return Err(FsError::InsecureDirectory {
                 path: dir.to_owned(),
                 mode,
