@@ -78,7 +78,7 @@ fn twenty_writer_processes_leave_a_readable_store() -> TestResult {
             ])
             .env(WRITER_ENV, format!("{}:{index}", dir.path().display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         children.push(child);
@@ -96,12 +96,15 @@ fn twenty_writer_processes_leave_a_readable_store() -> TestResult {
             std::thread::sleep(Duration::from_millis(20));
         };
         if !status.success() {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read as _;
-                let _ = e.read_to_string(&mut stderr);
+            use std::io::Read as _;
+            let mut output = String::new();
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut output);
             }
-            return Err(format!("writer {index} failed: {status}: {stderr}").into());
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut output);
+            }
+            return Err(format!("writer {index} failed: {status}: {output}").into());
         }
     }
 
