@@ -113,7 +113,10 @@
 //! are refused). Writers take an exclusive `flock` on `credentials/.lock`, write a temp
 //! file in the same directory, fsync it, rename it over the target and fsync the
 //! directory, so concurrent grants never clobber each other and a crash never leaves a
-//! half-written file.
+//! half-written file; temp files a crashed writer left behind are removed by the next
+//! writer under the lock. New passphrase files reuse the salt of an existing file written
+//! with the same passphrase and parameters, so resolving N grants costs one Argon2id
+//! derivation (about 0.3 s with the default 64 MiB, 3 passes) instead of N.
 
 #![warn(missing_docs)]
 
