@@ -1,9 +1,10 @@
 //! Where the store's encryption key comes from: the OS keyring, a key file or a passphrase.
 //!
 //! The CLI maps `MOAT_KEYRING` to [`KeyringMode`] and `MOAT_PASSPHRASE` to a [`Secret`] and
-//! calls [`StoreKey::resolve`]. `auto` takes the OS keyring when one is available, else the
-//! passphrase when one is given, else the key file `credentials/.key` (created with mode
-//! 0600, refused when its mode is wider).
+//! calls [`StoreKey::resolve`]. `auto` keeps the key source of a store in use (the key kind
+//! recorded in its existing files); for a new store it takes the OS keyring when one is
+//! available, else the passphrase when one is given, else the key file `credentials/.key`
+//! (created with mode 0600, refused when its mode is wider).
 
 use std::fmt;
 use std::fs;
@@ -260,6 +261,12 @@ pub enum KeyError {
         /// The key file.
         path: PathBuf,
     },
+    /// `auto` found grants saved with a passphrase, but none was given.
+    #[error("the grants in {} were saved with a passphrase; set MOAT_PASSPHRASE", dir.display())]
+    PassphraseRequired {
+        /// The credentials directory.
+        dir: PathBuf,
+    },
     /// The passphrase is empty.
     #[error("the passphrase is empty; set MOAT_PASSPHRASE to a non-empty value")]
     EmptyPassphrase,
@@ -288,7 +295,9 @@ enum KeyInner {
 }
 
 impl StoreKey {
-    /// Picks the key source for `mode` as described in the module documentation.
+    /// Picks the key source for `mode` as described in the module documentation: `os` and
+    /// `file` are explicit; `auto` follows the key kind of the existing grant files, and for
+    /// an empty store takes the OS keyring, else the passphrase, else the key file.
     ///
     /// `credentials_dir` is where the key file lives (`$MOAT_HOME/credentials`); it is
     /// created with mode 0700 when missing.
@@ -311,15 +320,33 @@ impl StoreKey {
                 None => Err(KeyError::OsUnavailable),
             },
             KeyringMode::File => Self::from_key_file(credentials_dir),
-            KeyringMode::Auto => {
-                if let Some(key) = os_key(os)? {
-                    return Ok(Self::from_os_keyring(key, os.name()));
-                }
-                match passphrase {
+            KeyringMode::Auto => match crate::store::existing_key_kind(credentials_dir) {
+                // A store in use keeps its key source, so installing a keyring daemon or
+                // setting a passphrase later never strands the grants already saved.
+                Some(KeyKind::KeyFile) => Self::from_key_file(credentials_dir),
+                Some(KeyKind::Passphrase) => match passphrase {
                     Some(p) => Self::from_passphrase(p, KdfParams::default()),
-                    None => Self::from_key_file(credentials_dir),
+                    None => Err(KeyError::PassphraseRequired {
+                        dir: credentials_dir.to_owned(),
+                    }),
+                },
+                Some(KeyKind::OsKeyring) => match os_key(os)? {
+                    Some(key) => Ok(Self::from_os_keyring(key, os.name())),
+                    None => Err(KeyError::OsUnavailable),
+                },
+                None if credentials_dir.join(KEY_FILE_NAME).exists() => {
+                    Self::from_key_file(credentials_dir)
                 }
-            }
+                None => {
+                    if let Some(key) = os_key(os)? {
+                        return Ok(Self::from_os_keyring(key, os.name()));
+                    }
+                    match passphrase {
+                        Some(p) => Self::from_passphrase(p, KdfParams::default()),
+                        None => Self::from_key_file(credentials_dir),
+                    }
+                }
+            },
         }
     }
 

@@ -567,6 +567,25 @@ impl CredentialStore {
     }
 }
 
+/// The key kind of the first readable grant file header in `dir` (in name order), if any.
+/// Reads headers only; decrypts nothing.
+pub(crate) fn existing_key_kind(dir: &Path) -> Option<KeyKind> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| {
+            n.strip_suffix(FILE_SUFFIX)
+                .is_some_and(|g| validate_grant_name(g).is_ok())
+        })
+        .collect();
+    names.sort();
+    names.iter().take(64).find_map(|name| {
+        let bytes = read_bounded(&dir.join(name)).ok()?;
+        parse_header(&bytes).ok().map(|h| h.kind)
+    })
+}
+
 /// Removes `grant` from the store in `dir` without needing its key, so a grant whose file
 /// is damaged or was written with a lost key can still be revoked. `Ok(false)` when nothing
 /// was stored.

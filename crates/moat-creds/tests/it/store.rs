@@ -421,9 +421,55 @@ fn keyring_modes() -> TestResult {
     store.save(&record("github", TOKEN))?;
     assert!(!dir.path().join(".key").exists());
 
-    let auto_file = StoreKey::resolve(KeyringMode::Auto, dir.path(), None, &UnavailableOsKeyring)?;
+    // `auto` follows the store: its grants were saved with the OS keyring, so losing the
+    // keyring is an error rather than a silent switch to a new key file.
+    let err = StoreKey::resolve(KeyringMode::Auto, dir.path(), None, &UnavailableOsKeyring)
+        .err()
+        .ok_or("auto switched key source under existing grants")?;
+    assert!(matches!(err, KeyError::OsUnavailable), "{err:?}");
+    assert!(!dir.path().join(".key").exists());
+
+    // A new store without a keyring or passphrase gets a key file; once it holds grants,
+    // a keyring that appears later does not take over.
+    let fresh = tempfile::tempdir()?;
+    let auto_file =
+        StoreKey::resolve(KeyringMode::Auto, fresh.path(), None, &UnavailableOsKeyring)?;
     assert_eq!(auto_file.kind(), KeyKind::KeyFile);
-    assert!(dir.path().join(".key").exists());
+    assert!(fresh.path().join(".key").exists());
+    CredentialStore::open(fresh.path(), auto_file)?.save(&record("github", TOKEN))?;
+    let later = StoreKey::resolve(
+        KeyringMode::Auto,
+        fresh.path(),
+        Some(Secret::new("pw")),
+        &fake,
+    )?;
+    assert_eq!(later.kind(), KeyKind::KeyFile);
+    assert_eq!(
+        CredentialStore::open(fresh.path(), later)?
+            .load("github")?
+            .ok_or("missing")?
+            .value
+            .expose(),
+        TOKEN
+    );
+
+    // Grants saved with a passphrase need it again.
+    let pw = tempfile::tempdir()?;
+    CredentialStore::open(
+        pw.path(),
+        StoreKey::from_passphrase(Secret::new("pw"), cheap())?,
+    )?
+    .save(&record("github", TOKEN))?;
+    let err = StoreKey::resolve(KeyringMode::Auto, pw.path(), None, &fake)
+        .err()
+        .ok_or("auto ignored the passphrase store")?;
+    assert!(
+        matches!(err, KeyError::PassphraseRequired { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("set MOAT_PASSPHRASE"), "{err}");
+    let with_pw = StoreKey::resolve(KeyringMode::Auto, pw.path(), Some(Secret::new("pw")), &fake)?;
+    assert_eq!(with_pw.kind(), KeyKind::Passphrase);
     Ok(())
 }
 
