@@ -176,8 +176,15 @@ impl TestUpstream {
                     if let Ok(mut seen) = seen.lock() {
                         seen.push(head);
                     }
+                    // Redirects point back at this server, so a client that follows them
+                    // shows up as a second request.
+                    let location = if (300..400).contains(&status) {
+                        "location: /redirected\r\n"
+                    } else {
+                        ""
+                    };
                     let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status} X\r\n{location}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = tls.write_all(response.as_bytes()).await;

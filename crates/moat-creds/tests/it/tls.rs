@@ -271,3 +271,35 @@ async fn custom_provider_end_to_end() -> TestResult {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() -> TestResult {
+    bounded(async {
+        let handler: crate::support::Handler = Arc::new(|head: &str| {
+            if head.starts_with("GET /redirected ") {
+                (200, r#"{"login":"followed"}"#.to_owned())
+            } else {
+                (302, "{}".to_owned())
+            }
+        });
+        let upstream = TestUpstream::start(&["api.github.com"], handler).await?;
+        let validator = HttpValidator::new(&overrides(&upstream, &["api.github.com"]))?;
+        let provider = ProviderRegistry::new(None).get("github")?;
+        let err = validator
+            .validate(&provider, &Secret::new(GOOD))
+            .await
+            .err()
+            .ok_or("redirect followed to success")?;
+        assert!(
+            matches!(err, ValidationError::Rejected { status: 302, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            upstream.requests().len(),
+            1,
+            "the credential followed a redirect"
+        );
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    })
+    .await?
+}
