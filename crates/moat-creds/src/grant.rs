@@ -270,6 +270,14 @@ pub enum GrantError {
         /// The grant.
         grant: String,
     },
+    /// The value contains line breaks or other control characters.
+    #[error(
+        "the {provider} credential contains line breaks or control characters; paste it on a single line"
+    )]
+    InvalidValue {
+        /// The provider.
+        provider: String,
+    },
     /// The terminal failed.
     #[error(transparent)]
     Prompt(#[from] PromptError),
@@ -381,6 +389,11 @@ impl<'a> Granter<'a> {
             }
         };
 
+        // The value ends up in an HTTP header: line breaks or control characters there would
+        // be rejected at best and a header injection at worst.
+        if value.expose().chars().any(char::is_control) {
+            return Err(GrantError::InvalidValue { provider: name });
+        }
         let mut meta = GrantMeta {
             name: name.clone(),
             source,

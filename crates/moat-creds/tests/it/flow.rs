@@ -224,6 +224,18 @@ async fn no_terminal_and_no_token_names_the_variables() -> TestResult {
         "{err}"
     );
 
+    // A value with a line break inside could smuggle a header: refused, nothing written.
+    let err = granter
+        .grant(
+            &request("openai", &[("OPENAI_API_KEY", "sk-abc\r\nx-evil: 1")]),
+            &mut prompter,
+        )
+        .await
+        .err()
+        .ok_or("value with CRLF granted")?;
+    assert!(matches!(err, GrantError::InvalidValue { .. }), "{err:?}");
+    assert!(store.list()?.is_empty());
+
     // An empty answer at the prompt is an error too, and writes nothing.
     let mut prompter = FakePrompter {
         terminal: true,
