@@ -403,7 +403,7 @@ impl<'a> Granter<'a> {
         };
         let mut validated = false;
         if request.validate {
-            if let Some(spec) = provider.validation() {
+            if let Some(spec) = provider.validation_for(&value) {
                 prompter.info(&format!(
                     "validating with {}",
                     spec.url.host_str().unwrap_or("the provider")

@@ -123,6 +123,8 @@ pub struct Provider {
     token_vars: Vec<String>,
     uses_gh_cli: bool,
     validation: Option<ValidationSpec>,
+    /// Validation calls for values with a given prefix, tried before `validation`.
+    prefixed_validations: Vec<(String, ValidationSpec)>,
 }
 
 impl Provider {
@@ -165,6 +167,16 @@ impl Provider {
     /// The validation call, if the provider has one.
     pub fn validation(&self) -> Option<&ValidationSpec> {
         self.validation.as_ref()
+    }
+
+    /// The validation call for `value`: some kinds of token need another endpoint (GitHub
+    /// App installation tokens, `ghs_…`, cannot read `/user`).
+    pub fn validation_for(&self, value: &Secret) -> Option<&ValidationSpec> {
+        self.prefixed_validations
+            .iter()
+            .find(|(prefix, _)| value.expose().starts_with(prefix.as_str()))
+            .map(|(_, spec)| spec)
+            .or(self.validation.as_ref())
     }
 
     /// Injection rules and container environment for one run, with a fresh placeholder.
@@ -356,6 +368,29 @@ pub fn builtin(name: &str) -> Option<Provider> {
                 ],
                 account_field: Some("login".to_owned()),
             }),
+            prefixed_validations: url(
+                "https://api.github.com/installation/repositories?per_page=1",
+            )
+            .map(|url| {
+                (
+                    "ghs_".to_owned(),
+                    ValidationSpec {
+                        url,
+                        header: "authorization".to_owned(),
+                        format: InjectionFormat::Bearer,
+                        extra_headers: vec![
+                            (
+                                "accept".to_owned(),
+                                "application/vnd.github+json".to_owned(),
+                            ),
+                            ("x-github-api-version".to_owned(), "2022-11-28".to_owned()),
+                        ],
+                        account_field: None,
+                    },
+                )
+            })
+            .into_iter()
+            .collect(),
         }),
         "anthropic" => Some(Provider {
             name: name.to_owned(),
@@ -383,6 +418,7 @@ pub fn builtin(name: &str) -> Option<Provider> {
                     account_field: None,
                 }
             }),
+            prefixed_validations: Vec::new(),
         }),
         "openai" => Some(Provider {
             name: name.to_owned(),
@@ -408,6 +444,7 @@ pub fn builtin(name: &str) -> Option<Provider> {
                 extra_headers: Vec::new(),
                 account_field: None,
             }),
+            prefixed_validations: Vec::new(),
         }),
         _ => None,
     }
@@ -559,6 +596,7 @@ pub fn parse_custom(name: &str, path: &Path, text: &str) -> Result<Provider, Pro
         token_vars,
         uses_gh_cli: false,
         validation,
+        prefixed_validations: Vec::new(),
     })
 }
 

@@ -278,7 +278,7 @@ impl Validator for HttpValidator {
         provider: &Provider,
         value: &Secret,
     ) -> Result<Option<Validated>, ValidationError> {
-        match provider.validation() {
+        match provider.validation_for(value) {
             Some(spec) => self.call(provider, spec, value).await.map(Some),
             None => Ok(None),
         }

@@ -66,6 +66,18 @@ async fn bounded<T>(
 
 fn github_handler() -> crate::support::Handler {
     Arc::new(|head: &str| {
+        let auth = header(head, "authorization").unwrap_or_default();
+        if auth.starts_with("Bearer ghs_") {
+            // GitHub App installation tokens cannot read /user.
+            return if head.starts_with("GET /installation/repositories?per_page=1 ") {
+                (200, r#"{"total_count":1,"repositories":[]}"#.to_owned())
+            } else {
+                (
+                    403,
+                    r#"{"message":"Resource not accessible by integration"}"#.to_owned(),
+                )
+            };
+        }
         if !head.starts_with("GET /user ") {
             return (404, r#"{"message":"Not Found"}"#.to_owned());
         }
@@ -128,6 +140,20 @@ async fn github_grant_validates_against_impersonated_api() -> TestResult {
             GOOD,
             "rejected token overwrote the grant"
         );
+
+        // An installation token (as in GitHub Actions) validates through its own endpoint.
+        let outcome = granter
+            .grant(
+                &env_request(
+                    "github",
+                    "GITHUB_TOKEN",
+                    "ghs_InstallationToken0123456789abcdef",
+                ),
+                &mut prompter,
+            )
+            .await?;
+        assert!(outcome.validated);
+        assert_eq!(outcome.meta.account, None);
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     })
     .await?
