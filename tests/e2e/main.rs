@@ -2,5 +2,6 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 mod errors;
+mod grant;
 mod lifecycle;
 mod run;

@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+pub mod upstream;
+
 /// The image the suites run, built by `cargo xtask test-image`.
 pub fn test_image() -> String {
     std::env::var("MOAT_TEST_IMAGE").unwrap_or_else(|_| "moat-test-base:latest".to_owned())

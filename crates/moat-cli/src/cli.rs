@@ -46,6 +46,13 @@ pub(crate) enum Command {
     Stop(RunRef),
     /// Remove a run: its container, network and run directory.
     Destroy(RunRef),
+    /// Store a credential for a provider (github, anthropic, openai, custom), or `grant list`.
+    Grant(GrantArgs),
+    /// Remove a stored credential.
+    Revoke {
+        /// The provider whose credential to remove.
+        provider: String,
+    },
     /// Print moat's version.
     Version,
     /// Print the JSON Schema of moat.yaml.
@@ -101,6 +108,15 @@ pub(crate) struct RunArgs {
     /// Container runtime.
     #[arg(long, value_enum)]
     pub(crate) runtime: Option<RuntimeArg>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GrantArgs {
+    /// Provider (`github`, `anthropic`, `openai`, or a custom provider), or `list`.
+    pub(crate) provider: String,
+    /// Save without checking the credential with the provider.
+    #[arg(long)]
+    pub(crate) no_validate: bool,
 }
 
 #[derive(Debug, Args)]

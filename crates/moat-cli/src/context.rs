@@ -141,6 +141,73 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The credential store, with its key from `MOAT_KEYRING`/`MOAT_PASSPHRASE` or
+    /// config.yaml `keyring`.
+    pub(crate) fn credential_store(&self) -> CliResult<moat_creds::CredentialStore> {
+        let mode_text = std::env::var("MOAT_KEYRING")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.global.keyring.clone())
+            .unwrap_or_else(|| "auto".to_owned());
+        let mode: moat_creds::KeyringMode = mode_text.parse().map_err(|e| {
+            CliError::from_error(EXIT_FAILURE, &e)
+                .hint("set MOAT_KEYRING to `auto`, `os` or `file`")
+        })?;
+        let passphrase = std::env::var("MOAT_PASSPHRASE")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(moat_core::Secret::new);
+        let dir = self.home.join("credentials");
+        let os = os_keyring();
+        let key = moat_creds::StoreKey::resolve(mode, &dir, passphrase, os.as_ref()).map_err(|e| {
+            CliError::from_error(EXIT_FAILURE, &e)
+                .hint("MOAT_KEYRING=file keeps the key in $MOAT_HOME/credentials/.key; MOAT_PASSPHRASE derives it from a passphrase")
+        })?;
+        moat_creds::CredentialStore::open(&dir, key)
+            .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))
+    }
+
+    /// Custom and built-in providers.
+    pub(crate) fn providers(&self) -> moat_creds::ProviderRegistry {
+        moat_creds::ProviderRegistry::new(Some(self.home.join("providers")))
+    }
+
+    /// `MOAT_RESOLVE` and `MOAT_UPSTREAM_CA` (or their config.yaml equivalents).
+    pub(crate) fn upstream_overrides(&self) -> CliResult<moat_creds::UpstreamOverrides> {
+        let resolve_text = std::env::var("MOAT_RESOLVE")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| self.global.proxy.resolve.join(","));
+        let resolve = moat_creds::ResolveOverride::parse_list(&resolve_text).map_err(|e| {
+            CliError::from_error(EXIT_FAILURE, &e)
+                .hint("write MOAT_RESOLVE as comma-separated `host:port=ip:port` items")
+        })?;
+        let ca_path = std::env::var_os("MOAT_UPSTREAM_CA")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| self.global.proxy.upstream_ca.clone());
+        let extra_roots_pem = match ca_path {
+            Some(p) => std::fs::read(&p).map_err(|e| {
+                CliError::new(
+                    EXIT_FAILURE,
+                    format!("cannot read MOAT_UPSTREAM_CA {}: {e}", p.display()),
+                )
+                .hint("point MOAT_UPSTREAM_CA at a PEM file of CA certificates")
+            })?,
+            None => Vec::new(),
+        };
+        Ok(moat_creds::UpstreamOverrides {
+            resolve,
+            extra_roots_pem,
+        })
+    }
+}
+
+fn os_keyring() -> Box<dyn moat_creds::OsKeyring> {
+    Box::new(moat_creds::SystemOsKeyring::new("moat", "credentials-key"))
+}
+
 /// A runtime error with the hints a user needs.
 pub(crate) fn runtime_error(e: &RuntimeError) -> CliError {
     let err = CliError::from_error(EXIT_FAILURE, e);

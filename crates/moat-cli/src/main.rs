@@ -76,6 +76,8 @@ async fn dispatch(cli: Cli) -> CliResult<i32> {
                 Command::Logs(args) => cmd::runs::logs(&ctx, args).await,
                 Command::Stop(args) => cmd::runs::stop(&ctx, args).await,
                 Command::Destroy(args) => cmd::runs::destroy(&ctx, args).await,
+                Command::Grant(args) => cmd::grant::grant(&ctx, args).await,
+                Command::Revoke { provider } => cmd::grant::revoke(&ctx, &provider),
                 Command::Version | Command::Schema | Command::Completions { .. } => Ok(0),
             }
         }

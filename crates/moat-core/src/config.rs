@@ -923,6 +923,8 @@ pub struct GlobalConfig {
     pub runtime: Option<RuntimeKind>,
     /// Docker Engine endpoint (`DOCKER_HOST`).
     pub docker_host: Option<String>,
+    /// Where the credential store key comes from: `auto`, `os` or `file` (`MOAT_KEYRING`).
+    pub keyring: Option<String>,
     /// Upstream settings for the proxy and grant validation.
     #[serde(default)]
     pub proxy: ProxySettings,

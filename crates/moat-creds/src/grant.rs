@@ -365,7 +365,8 @@ impl<'a> Granter<'a> {
             if provider.uses_gh_cli() {
                 match self.gh.auth_token() {
                     Ok(token) => {
-                        if prompter.confirm("Use the GitHub token of your gh CLI login?")? {
+                        prompter.info("Found gh CLI authentication");
+                        if prompter.confirm("Use token from gh CLI?")? {
                             found = Some((token, GrantSource::GhCli));
                         }
                     }
@@ -405,7 +406,7 @@ impl<'a> Granter<'a> {
         if request.validate {
             if let Some(spec) = provider.validation_for(&value) {
                 prompter.info(&format!(
-                    "validating with {}",
+                    "Validating token with {}...",
                     spec.url.host_str().unwrap_or("the provider")
                 ));
             }
@@ -414,10 +415,8 @@ impl<'a> Granter<'a> {
                     validated = true;
                     meta.last_validated_at = Some(Utc::now());
                     match &v.account {
-                        Some(account) => prompter.info(&format!(
-                            "{name} accepted the credential (account {account})"
-                        )),
-                        None => prompter.info(&format!("{name} accepted the credential")),
+                        Some(account) => prompter.info(&format!("Authenticated as: {account}")),
+                        None => prompter.info(&format!("{name} accepted the token")),
                     }
                     meta.account = v.account;
                 }
@@ -432,7 +431,8 @@ impl<'a> Granter<'a> {
             value,
         })?;
         prompter.info(&format!(
-            "saved grant `{name}` to {}",
+            "{} credential saved to {}",
+            display_name(&name),
             self.store.path_for(&name).display()
         ));
         Ok(GrantOutcome {
@@ -440,5 +440,15 @@ impl<'a> Granter<'a> {
             replaced,
             validated,
         })
+    }
+}
+
+/// How a provider is named in messages.
+fn display_name(provider: &str) -> &str {
+    match provider {
+        "github" => "GitHub",
+        "anthropic" => "Anthropic",
+        "openai" => "OpenAI",
+        other => other,
     }
 }

@@ -1,4 +1,5 @@
 //! One module per command group.
 
+pub(crate) mod grant;
 pub(crate) mod run;
 pub(crate) mod runs;
