@@ -1,0 +1,81 @@
+//! A writer process killed with SIGKILL leaves a log that verifies as unfinished, not tampered.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+use moat_audit::AuditLog;
+use moat_audit::LogOptions;
+use moat_audit::Verdict;
+use moat_audit::verify_log;
+use serde_json::json;
+
+use crate::common::*;
+
+const CHILD_ENV: &str = "MOAT_AUDIT_TEST_CHILD_LOG";
+
+/// Entry point of the child process (does nothing unless started by the test below).
+#[test]
+fn child_writer_entry_point() {
+    let Some(path) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let options = LogOptions {
+        checkpoint_every: 50,
+        ..LogOptions::default()
+    };
+    let log = AuditLog::create(&path, RUN, key(), options).expect("create");
+    // Append until killed; the bound only guards against a parent that never kills.
+    for i in 0..10_000_000u64 {
+        log.append("network.request", json!({"i": i, "pad": "x".repeat(64)}))
+            .expect("append");
+    }
+}
+
+#[test]
+fn killed_writer_process_leaves_an_unfinished_intact_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = Command::new(exe)
+        .args([
+            "crash::child_writer_entry_point",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child writer");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len > 200_000 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child writer produced only {len} bytes in 120 s");
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("child writer exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL the writer");
+    child.wait().expect("reap");
+    let report = verify_log(&path, &key().public_key()).expect("readable");
+    assert_eq!(report.verdict, Verdict::Unfinished, "{}", report.message);
+    assert!(!report.is_tampered());
+    assert!(report.entries > 100);
+    assert_eq!(report.verified_entries, report.entries);
+    assert!(
+        report
+            .checkpoints
+            .iter()
+            .all(|c| c.signature_valid && !c.is_final)
+    );
+    assert!(report.message.contains("did not finish cleanly"));
+}
