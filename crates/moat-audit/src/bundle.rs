@@ -156,6 +156,7 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&PublicKey>) -> Report {
         key,
         pinned: pinned.is_some(),
         torn_tail: false,
+        witness: None,
     })
 }
 

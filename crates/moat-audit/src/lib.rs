@@ -44,7 +44,8 @@
 //! Evidence that an attacker rolls back to an earlier consistent state (dropping the tail
 //! *and* every checkpoint that covers it) is indistinguishable from a writer that was killed at
 //! that point; it is reported as unfinished. Keep the closing [`Checkpoint`] returned by
-//! [`AuditLog::close`] somewhere else (run metadata, a bundle) to detect that.
+//! [`AuditLog::close`] somewhere else (e.g. the run's metadata) and verify with
+//! [`verify_log_with_witness`] to detect that.
 #![warn(missing_docs)]
 
 mod bundle;
@@ -99,3 +100,4 @@ pub use verify::Report;
 pub use verify::Verdict;
 pub use verify::verify_log;
 pub use verify::verify_log_bytes;
+pub use verify::verify_log_with_witness;

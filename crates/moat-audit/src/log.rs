@@ -188,6 +188,11 @@ impl AuditLog {
         })
     }
 
+    /// The most recent checkpoint written, if any.
+    pub fn last_checkpoint(&self) -> Option<Checkpoint> {
+        self.state.lock().ok()?.last_checkpoint.clone()
+    }
+
     /// Number of entries appended.
     pub fn len(&self) -> u64 {
         self.state.lock().map(|s| s.frontier.size()).unwrap_or(0)

@@ -204,6 +204,29 @@ pub enum Problem {
         /// Fingerprint (or key ID) of the key in the evidence.
         found: String,
     },
+    /// The log ends before a checkpoint kept outside it (a witness): it was rolled back.
+    #[error(
+        "the log was rolled back: the checkpoint kept outside it covers {tree_size} entries but only {entries} are present"
+    )]
+    RolledBack {
+        /// The witness's tree size.
+        tree_size: u64,
+        /// Entries present.
+        entries: u64,
+    },
+    /// The entries do not match a checkpoint kept outside the log (a witness).
+    #[error(
+        "the first {tree_size} entries do not match the checkpoint kept outside the log: the log was rewritten"
+    )]
+    WitnessMismatch {
+        /// The witness's tree size.
+        tree_size: u64,
+    },
+    /// The checkpoint kept outside the log is not validly signed by the key.
+    #[error(
+        "the checkpoint kept outside the log is not validly signed for this run by the key: the copy was altered"
+    )]
+    WitnessInvalid,
     /// Something follows the closing checkpoint.
     #[error(
         "data follows the closing checkpoint at position {position}: records were appended after the log was closed"
@@ -334,11 +357,31 @@ pub fn verify_log(path: &Path, key: &PublicKey) -> Result<Report, ReadError> {
         path: path.to_owned(),
         source,
     })?;
-    Ok(verify_log_bytes(&bytes, key))
+    Ok(verify_log_inner(&bytes, key, None))
+}
+
+/// Verifies the log file at `path` and also checks it against `witness`, a checkpoint of this
+/// log kept elsewhere (e.g. the closing checkpoint returned by [`crate::AuditLog::close`],
+/// stored in the run's metadata). This detects a log rolled back to an earlier state, which
+/// otherwise looks like a writer that was killed.
+pub fn verify_log_with_witness(
+    path: &Path,
+    key: &PublicKey,
+    witness: &Checkpoint,
+) -> Result<Report, ReadError> {
+    let bytes = fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(verify_log_inner(&bytes, key, Some(witness)))
 }
 
 /// Verifies the bytes of a log file; see [`verify_log`].
 pub fn verify_log_bytes(bytes: &[u8], key: &PublicKey) -> Report {
+    verify_log_inner(bytes, key, None)
+}
+
+fn verify_log_inner(bytes: &[u8], key: &PublicKey, witness: Option<&Checkpoint>) -> Report {
     match parse_log(bytes) {
         Ok(log) => {
             if log.header.key_id != key.key_id() {
@@ -355,6 +398,7 @@ pub fn verify_log_bytes(bytes: &[u8], key: &PublicKey) -> Report {
                 key: *key,
                 pinned: true,
                 torn_tail: log.torn_tail,
+                witness,
             })
         }
         Err((run_id, problem)) => Report::tampered(run_id, problem),
@@ -383,6 +427,7 @@ pub(crate) struct Parsed<'a, 'b> {
     pub(crate) key: PublicKey,
     pub(crate) pinned: bool,
     pub(crate) torn_tail: bool,
+    pub(crate) witness: Option<&'b Checkpoint>,
 }
 
 pub(crate) struct ParsedLog<'a> {
@@ -559,11 +604,15 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
                 );
             } else {
                 report.verdict = Verdict::Unfinished;
-                report.message = format!(
-                    "did not finish cleanly (no closing checkpoint): all {n} entries are intact up to entry {}, the last {} not covered by a signed checkpoint",
-                    n.saturating_sub(1),
-                    report.unsealed_entries
-                );
+                report.message = if n == 0 {
+                    "did not finish cleanly (no closing checkpoint): the log has no entries".into()
+                } else {
+                    format!(
+                        "did not finish cleanly (no closing checkpoint): entries are intact up to entry {}; the last {} are not covered by a signed checkpoint",
+                        n - 1,
+                        report.unsealed_entries
+                    )
+                };
             }
         }
     }
@@ -594,12 +643,31 @@ impl Walk<'_, '_, '_> {
                 });
             }
         }
+        if let Some(w) = self.p.witness {
+            let genuine = w.fields_well_formed()
+                && w.origin == origin(self.p.run_id)
+                && w.key_id == self.p.key.key_id()
+                && w.signature_valid(&self.p.key);
+            if !genuine {
+                return Err(Problem::WitnessInvalid);
+            }
+        }
         self.checkpoints_at(0)?;
         for (i, e) in self.p.entries.iter().enumerate() {
             let position = i as u64;
             self.entry(position, e)?;
             self.report.verified_entries = position + 1;
             self.checkpoints_at(position + 1)?;
+        }
+        if let Some(w) = self
+            .p
+            .witness
+            .filter(|w| w.tree_size > self.p.entries.len() as u64)
+        {
+            return Err(Problem::RolledBack {
+                tree_size: w.tree_size,
+                entries: self.p.entries.len() as u64,
+            });
         }
         if let Some(pc) = cps.get(self.next_checkpoint) {
             return Err(Problem::Truncated {
@@ -672,6 +740,11 @@ impl Walk<'_, '_, '_> {
     }
 
     fn checkpoints_at(&mut self, size: u64) -> Result<(), Problem> {
+        if let Some(w) = self.p.witness.filter(|w| w.tree_size == size)
+            && (w.root != self.frontier.root() || w.chain != self.chain)
+        {
+            return Err(Problem::WitnessMismatch { tree_size: size });
+        }
         while let Some(pc) = self.p.checkpoints.get(self.next_checkpoint) {
             if pc.checkpoint.tree_size != size {
                 break;

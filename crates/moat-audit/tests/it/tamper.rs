@@ -235,6 +235,40 @@ fn rollback_to_an_earlier_checkpoint_looks_like_a_crash() {
 }
 
 #[test]
+fn rollback_is_detected_with_the_closing_checkpoint_kept_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let log = moat_audit::AuditLog::create(&path, RUN, key(), options(5)).expect("create");
+    for i in 0..12 {
+        let (t, d) = event(i);
+        log.append(t, d).expect("append");
+    }
+    let witness = log.close().expect("close");
+    assert_eq!(log.last_checkpoint(), Some(witness.clone()));
+    let pk = key().public_key();
+    let intact = moat_audit::verify_log_with_witness(&path, &pk, &witness).expect("readable");
+    assert_eq!(intact.verdict, Verdict::Intact, "{}", intact.message);
+
+    let mut lines = lines(&path);
+    let cut = entry_line(&lines, 10);
+    lines.truncate(cut);
+    write_lines(&path, &lines);
+    let report = moat_audit::verify_log_with_witness(&path, &pk, &witness).expect("readable");
+    assert_eq!(
+        tampered(&report),
+        &Problem::RolledBack {
+            tree_size: 12,
+            entries: 10
+        }
+    );
+
+    let mut altered = witness;
+    altered.tree_size = 10;
+    let report = moat_audit::verify_log_with_witness(&path, &pk, &altered).expect("readable");
+    assert_eq!(tampered(&report), &Problem::WitnessInvalid);
+}
+
+#[test]
 fn appended_entry_after_close_is_detected() {
     let (_dir, path) = fixture();
     let mut lines = lines(&path);
