@@ -105,18 +105,18 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&PublicKey>) -> Report {
             );
         }
     };
-    let run_id = Some(bundle.run_id.to_string());
     if bundle.format != BUNDLE_FORMAT {
         let problem = Problem::UnsupportedFormat {
-            found: bundle.format.to_string(),
+            found: crate::verify::clip(&bundle.format),
             expected: BUNDLE_FORMAT.into(),
         };
-        return tampered(run_id, problem);
+        return tampered(None, problem);
     }
     if validate_run_id(&bundle.run_id).is_err() {
         let detail = "the run id is not a valid run id".into();
-        return tampered(run_id, Problem::MalformedBundle { detail });
+        return tampered(None, Problem::MalformedBundle { detail });
     }
+    let run_id = Some(bundle.run_id.to_string());
     let key = match PublicKey::from_hex(&bundle.public_key) {
         Ok(k) => k,
         Err(e) => {

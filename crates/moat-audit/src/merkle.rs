@@ -435,20 +435,33 @@ pub(crate) fn decode_lower_hex(text: &str, out: &mut [u8]) -> Option<()> {
     if bytes.len() != out.len() * 2 {
         return None;
     }
+    let mut bad = 0u8;
     for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let [hi, lo] = pair else { return None };
-        *slot = (lower_hex_value(*hi)? << 4) | lower_hex_value(*lo)?;
+        let (hi, lo) = match pair {
+            [hi, lo] => (HEX_VALUE[usize::from(*hi)], HEX_VALUE[usize::from(*lo)]),
+            _ => return None,
+        };
+        bad |= (hi | lo) & 0xf0;
+        *slot = (hi << 4) | (lo & 0x0f);
     }
-    Some(())
+    (bad == 0).then_some(())
 }
 
-fn lower_hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Value of each lowercase hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

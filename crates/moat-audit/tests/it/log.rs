@@ -47,6 +47,10 @@ fn closed_log_verifies_intact_with_checkpoints_every_n() {
         report.checkpoints.last().map(|c| c.root),
         Some(report.merkle_root)
     );
+    let text = report.to_string();
+    assert!(text.starts_with(&format!("run {RUN}: intact\n")), "{text}");
+    assert!(text.contains("last checkpoint: closing"), "{text}");
+    assert!(text.contains("covers every entry"), "{text}");
     // The report serializes for --json.
     let json = serde_json::to_value(&report).expect("serialize");
     assert_eq!(json["verdict"], "intact");
