@@ -1,5 +1,7 @@
 //! Verification of a log file or a bundle, and the report it produces.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -286,7 +288,8 @@ pub struct Report {
     pub entries: u64,
     /// Entries checked before the first problem (all of them when there is none).
     pub verified_entries: u64,
-    /// Whether the hash chain is unbroken over the verified entries.
+    /// Whether every verified entry matched its recorded chain hash and the chain value of
+    /// every checkpoint reached.
     pub chain_intact: bool,
     /// Hash chain value after the last verified entry.
     pub chain_head: Hash32,
@@ -296,6 +299,12 @@ pub struct Report {
     pub key: Option<KeyReport>,
     /// Every checkpoint in the evidence.
     pub checkpoints: Vec<CheckpointReport>,
+    /// Timestamp of the first entry.
+    pub first_ts: Option<String>,
+    /// Timestamp of the last verified entry.
+    pub last_ts: Option<String>,
+    /// Number of verified entries of each event type.
+    pub event_types: BTreeMap<String, u64>,
     /// Whether the last checkpoint covers every entry.
     pub last_checkpoint_covers_all: bool,
     /// Whether the log ends with its closing checkpoint.
@@ -326,6 +335,9 @@ impl Report {
             merkle_root: crate::merkle::empty_root(),
             key: None,
             checkpoints: Vec::new(),
+            first_ts: None,
+            last_ts: None,
+            event_types: BTreeMap::new(),
             last_checkpoint_covers_all: false,
             finished_cleanly: false,
             unsealed_entries: 0,
@@ -359,6 +371,9 @@ impl fmt::Display for Report {
             "  entries: {} ({} verified), hash chain {chain}",
             self.entries, self.verified_entries
         )?;
+        if let (Some(first), Some(last)) = (&self.first_ts, &self.last_ts) {
+            writeln!(f, "  time span: {first} .. {last}")?;
+        }
         writeln!(f, "  merkle root: {}", self.merkle_root)?;
         if let Some(key) = &self.key {
             let pinned = if key.pinned {
@@ -627,6 +642,9 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
                 }
             })
             .collect(),
+        first_ts: None,
+        last_ts: None,
+        event_types: BTreeMap::new(),
         last_checkpoint_covers_all: false,
         finished_cleanly: false,
         unsealed_entries: 0,
@@ -635,26 +653,33 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
     };
     let mut walk = Walk {
         p,
+        last_ts: Cow::Borrowed(""),
         report: &mut report,
         chain: Hash32::ZERO,
         frontier: Frontier::new(),
         next_checkpoint: 0,
         sealed: 0,
         final_seen: false,
+        chain_broken: false,
     };
     let outcome = walk.run();
-    let (chain, root, sealed, final_seen) = (
+    let (chain, root, sealed, final_seen, chain_broken) = (
         walk.chain,
         walk.frontier.root(),
         walk.sealed,
         walk.final_seen,
+        walk.chain_broken,
     );
+    let last_ts = walk.last_ts.into_owned();
+    report.chain_intact = !chain_broken;
+    if report.first_ts.is_some() {
+        report.last_ts = Some(last_ts);
+    }
     report.chain_head = chain;
     report.merkle_root = root;
     match outcome {
         Err(problem) => {
             report.verdict = Verdict::Tampered;
-            report.chain_intact = !matches!(problem, Problem::EntryModified { .. });
             report.message = problem.to_string();
             report.problem = Some(problem);
         }
@@ -692,15 +717,17 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
 
 struct Walk<'r, 'a, 'b> {
     p: &'r Parsed<'a, 'b>,
+    last_ts: Cow<'a, str>,
     report: &'r mut Report,
     chain: Hash32,
     frontier: Frontier,
     next_checkpoint: usize,
     sealed: u64,
     final_seen: bool,
+    chain_broken: bool,
 }
 
-impl Walk<'_, '_, '_> {
+impl<'a> Walk<'_, 'a, '_> {
     fn run(&mut self) -> Result<(), Problem> {
         let cps = self.p.checkpoints;
         for (i, pair) in cps.windows(2).enumerate() {
@@ -755,8 +782,8 @@ impl Walk<'_, '_, '_> {
         Ok(())
     }
 
-    fn entry(&mut self, position: u64, e: &RawEntry<'_>) -> Result<(), Problem> {
-        let view: EntryView<'_> =
+    fn entry(&mut self, position: u64, e: &RawEntry<'a>) -> Result<(), Problem> {
+        let view: EntryView<'a> =
             serde_json::from_str(e.raw).map_err(|err| Problem::MalformedEntry {
                 position,
                 detail: err.to_string(),
@@ -774,9 +801,18 @@ impl Walk<'_, '_, '_> {
         if self.final_seen {
             return Err(Problem::AfterFinal { position });
         }
-        let _ = (&view.ts, &view.event_type);
+        if position == 0 {
+            self.report.first_ts = Some(view.ts.to_string());
+        }
+        if let Some(count) = self.report.event_types.get_mut(view.event_type.as_ref()) {
+            *count += 1;
+        } else {
+            self.report.event_types.insert(clip(&view.event_type), 1);
+        }
+        self.last_ts = view.ts;
         let chain = chain_hash(&self.chain, e.raw.as_bytes());
         if e.recorded.is_some_and(|r| r != chain) {
+            self.chain_broken = true;
             return Err(Problem::EntryModified { seq: position });
         }
         self.chain = chain;
@@ -857,7 +893,13 @@ impl Walk<'_, '_, '_> {
                 found: c.key_id.clone(),
             });
         }
-        if !c.signature_valid(&self.p.key) {
+        // Checked once for the report already (same key, well-formed fields).
+        let signed = self
+            .report
+            .checkpoints
+            .get(usize::try_from(index).unwrap_or(usize::MAX))
+            .is_some_and(|r| r.signature_valid);
+        if !signed {
             return Err(Problem::BadSignature { checkpoint: index });
         }
         if let Some(position) = pc.position
@@ -873,6 +915,7 @@ impl Walk<'_, '_, '_> {
             if let Some(r) = self.report.checkpoints.get_mut(index as usize) {
                 r.matches_entries = Some(false);
             }
+            self.chain_broken |= c.chain != self.chain;
             return Err(Problem::CheckpointMismatch {
                 checkpoint: index,
                 tree_size: c.tree_size,

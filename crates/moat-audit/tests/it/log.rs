@@ -47,6 +47,9 @@ fn closed_log_verifies_intact_with_checkpoints_every_n() {
         report.checkpoints.last().map(|c| c.root),
         Some(report.merkle_root)
     );
+    assert_eq!(report.event_types.get("network.request"), Some(&4));
+    assert_eq!(report.event_types.values().sum::<u64>(), 12);
+    assert!(report.first_ts.as_deref() < report.last_ts.as_deref());
     let text = report.to_string();
     assert!(text.starts_with(&format!("run {RUN}: intact\n")), "{text}");
     assert!(text.contains("last checkpoint: closing"), "{text}");

@@ -92,6 +92,7 @@ fn edited_entry_with_recomputed_hashes_breaks_the_checkpoint() {
     );
     assert_eq!(report.checkpoints[0].matches_entries, Some(true));
     assert_eq!(report.checkpoints[1].matches_entries, Some(false));
+    assert!(!report.chain_intact);
 }
 
 #[test]
