@@ -11,6 +11,8 @@ use std::io;
 use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use ed25519_dalek::Signature;
@@ -332,12 +334,15 @@ pub enum KeyError {
     },
 }
 
+/// A temporary name beside `path`, unique across processes and threads.
 fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(format!(".tmp.{}", std::process::id()));
+    name.push(format!(".tmp.{}.{n}", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -357,7 +362,6 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Replaces `path` atomically: write a temporary file, fsync, rename, fsync the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = temp_path(path);
-    let _ = fs::remove_file(&tmp);
     let result = write_new(&tmp, bytes, mode).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -474,6 +478,23 @@ mod tests {
                 Err(KeyError::InsecurePermissions { mode: 0o644, .. })
             ));
         }
+    }
+
+    #[test]
+    fn concurrent_first_use_agrees_on_one_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit").join("signing.key");
+        let keys: Vec<PublicKey> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| AuditKey::load_or_create(&path).map(|k| k.public_key())))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread").expect("key"))
+                .collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(AuditKey::load(&path).expect("load").public_key(), keys[0]);
     }
 
     #[test]

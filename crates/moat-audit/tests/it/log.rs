@@ -202,3 +202,44 @@ fn missing_file_is_a_read_error() {
     let err = verify_log(&dir.path().join("nope"), &key().public_key()).expect_err("missing");
     assert!(err.to_string().contains("cannot read audit log"));
 }
+
+#[test]
+fn concurrent_appends_from_many_threads_form_one_intact_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = std::sync::Arc::new(
+        AuditLog::create(&dir.path().join("a.log"), RUN, key(), options(64)).expect("create"),
+    );
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..250)
+                    .map(|i| log.append("network.request", json!({"t": t, "i": i})))
+                    .collect::<Result<Vec<u64>, _>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread").expect("appends"))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..1000).collect::<Vec<u64>>());
+    log.close().expect("close");
+    let report = verify_log(log.path(), &key().public_key()).expect("readable");
+    assert_eq!(report.verdict, Verdict::Intact, "{}", report.message);
+    assert_eq!(report.entries, 1000);
+}
+
+#[test]
+fn errors_fit_the_audit_sink_error_box() {
+    // moat-core's AuditSinkError wraps `Box<dyn Error + Send + Sync>`.
+    fn boxed(e: LogError) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        Box::new(e)
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = AuditLog::create(&dir.path().join("a.log"), RUN, key(), options(1)).expect("create");
+    log.close().expect("close");
+    let err = boxed(log.append("x", json!(null)).expect_err("closed"));
+    assert!(err.to_string().contains("is closed"), "{err}");
+}

@@ -44,6 +44,12 @@ fn events_strategy() -> impl Strategy<Value = Vec<(String, Value)>> {
 }
 
 fn run(events: &[(String, Value)], every: u64) -> (tempfile::TempDir, Vec<u8>) {
+    let (dir, path) = write(events, every);
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    (dir, bundle)
+}
+
+fn write(events: &[(String, Value)], every: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
     let log = AuditLog::create(&path, RUN, key(), options(every)).expect("create");
@@ -53,8 +59,7 @@ fn run(events: &[(String, Value)], every: u64) -> (tempfile::TempDir, Vec<u8>) {
     log.close().expect("close");
     let report = verify_log(&path, &key().public_key()).expect("readable");
     assert_eq!(report.verdict, Verdict::Intact, "{}", report.message);
-    let bundle = export_bundle(&path, &key().public_key()).expect("export");
-    (dir, bundle)
+    (dir, path)
 }
 
 proptest! {
@@ -88,5 +93,25 @@ proptest! {
         );
         let unpinned = verify_bundle(&edited, None);
         prop_assert_ne!(unpinned.verdict, Verdict::Intact);
+    }
+
+    #[test]
+    fn any_single_byte_change_in_a_log_file_is_not_intact(
+        events in events_strategy(),
+        every in 1u64..8,
+        position in any::<prop::sample::Index>(),
+        delta in 1u8..=255,
+    ) {
+        let (_dir, path) = write(&events, every);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let i = position.index(bytes.len());
+        bytes[i] = bytes[i].wrapping_add(delta);
+        let report = moat_audit::verify_log_bytes(&bytes, &key().public_key());
+        // Cutting the last newline turns the closing checkpoint into a torn write, which is
+        // reported as unfinished; everything else is tampering.
+        prop_assert_ne!(report.verdict, Verdict::Intact, "byte {} went unnoticed", i);
+        if i + 1 != bytes.len() {
+            prop_assert!(report.is_tampered(), "byte {}: {}", i, report.message);
+        }
     }
 }
