@@ -311,8 +311,11 @@ pub struct Report {
     pub finished_cleanly: bool,
     /// Entries after the last valid checkpoint (not covered by a signature).
     pub unsealed_entries: u64,
-    /// Whether an incomplete last line (a write cut short by a crash) was ignored.
+    /// Whether an incomplete last line (a write cut short by a crash, or one in progress) was
+    /// ignored.
     pub torn_tail: bool,
+    /// Whether the log's writer was still running (holding the writer lock) when it was read.
+    pub writer_active: bool,
     /// The first problem, when the verdict is [`Verdict::Tampered`].
     pub problem: Option<Problem>,
 }
@@ -321,6 +324,16 @@ impl Report {
     /// Whether the evidence was modified: the CLI exits 1.
     pub fn is_tampered(&self) -> bool {
         self.verdict == Verdict::Tampered
+    }
+
+    fn mark_writer_active(&mut self, active: bool) {
+        self.writer_active = active;
+        if active && self.verdict == Verdict::Unfinished {
+            self.message = format!(
+                "still being written: {} entries so far, the last {} not yet covered by a signed checkpoint",
+                self.entries, self.unsealed_entries
+            );
+        }
     }
 
     pub(crate) fn tampered(run_id: Option<String>, problem: Problem) -> Self {
@@ -342,6 +355,7 @@ impl Report {
             finished_cleanly: false,
             unsealed_entries: 0,
             torn_tail: false,
+            writer_active: false,
             problem: Some(problem),
         }
     }
@@ -352,6 +366,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = match self.verdict {
             Verdict::Intact => "intact",
+            Verdict::Unfinished if self.writer_active => "in progress",
             Verdict::Unfinished => "did not finish cleanly",
             Verdict::Tampered => "TAMPERED",
         };
@@ -430,12 +445,14 @@ pub enum ReadError {
 /// Verifies the log file at `path` against the installation's public key.
 ///
 /// Content problems are reported in the [`Report`]; only I/O failures are errors.
+///
+/// A log whose writer is still running is reported as unfinished with
+/// [`Report::writer_active`] set.
 pub fn verify_log(path: &Path, key: &PublicKey) -> Result<Report, ReadError> {
-    let bytes = fs::read(path).map_err(|source| ReadError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(verify_log_inner(&bytes, key, None))
+    let (bytes, active) = read_log_file(path)?;
+    let mut report = verify_log_inner(&bytes, key, None);
+    report.mark_writer_active(active);
+    Ok(report)
 }
 
 /// Verifies the log file at `path` and also checks it against `witness`, a checkpoint of this
@@ -447,11 +464,23 @@ pub fn verify_log_with_witness(
     key: &PublicKey,
     witness: &Checkpoint,
 ) -> Result<Report, ReadError> {
-    let bytes = fs::read(path).map_err(|source| ReadError::Io {
+    let (bytes, active) = read_log_file(path)?;
+    let mut report = verify_log_inner(&bytes, key, Some(witness));
+    report.mark_writer_active(active);
+    Ok(report)
+}
+
+/// Reads a log file and tells whether its writer still holds the writer lock.
+fn read_log_file(path: &Path) -> Result<(Vec<u8>, bool), ReadError> {
+    let io_err = |source| ReadError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    Ok(verify_log_inner(&bytes, key, Some(witness)))
+    };
+    let mut file = fs::File::open(path).map_err(io_err)?;
+    let active = matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock));
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(io_err)?;
+    Ok((bytes, active))
 }
 
 /// Verifies the bytes of a log file; see [`verify_log`].
@@ -649,6 +678,7 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
         finished_cleanly: false,
         unsealed_entries: 0,
         torn_tail: p.torn_tail,
+        writer_active: false,
         problem: None,
     };
     let mut walk = Walk {

@@ -64,11 +64,18 @@ fn killed_writer_process_leaves_an_unfinished_intact_log() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let live = verify_log(&path, &key().public_key()).expect("readable");
+    assert_eq!(live.verdict, Verdict::Unfinished, "{}", live.message);
+    assert!(live.writer_active, "the child holds the writer lock");
     child.kill().expect("SIGKILL the writer");
     child.wait().expect("reap");
     let report = verify_log(&path, &key().public_key()).expect("readable");
     assert_eq!(report.verdict, Verdict::Unfinished, "{}", report.message);
     assert!(!report.is_tampered());
+    assert!(
+        !report.writer_active,
+        "the kernel drops the lock of a killed writer"
+    );
     assert!(report.entries > 100);
     assert_eq!(report.verified_entries, report.entries);
     assert!(

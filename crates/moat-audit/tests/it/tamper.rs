@@ -190,10 +190,19 @@ fn writer_killed_without_close_is_unfinished_not_tampered() {
             let (t, d) = event(i);
             log.append(t, d).expect("append");
         }
+        let live = verify(&path);
+        assert_eq!(live.verdict, Verdict::Unfinished, "{}", live.message);
+        assert!(live.writer_active);
+        assert!(
+            live.message.contains("still being written"),
+            "{}",
+            live.message
+        );
         // Dropped without close: as if the supervisor was killed.
     }
     let report = verify(&path);
     assert_eq!(report.verdict, Verdict::Unfinished, "{}", report.message);
+    assert!(!report.writer_active);
     assert!(!report.is_tampered());
     assert!(report.problem.is_none());
     assert!(!report.finished_cleanly);
