@@ -700,7 +700,7 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
         walk.final_seen,
         walk.chain_broken,
     );
-    let last_ts = walk.last_ts.into_owned();
+    let last_ts = clip(&walk.last_ts);
     report.chain_intact = !chain_broken;
     if report.first_ts.is_some() {
         report.last_ts = Some(last_ts);
@@ -732,6 +732,11 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
                 report.verdict = Verdict::Unfinished;
                 report.message = if n == 0 {
                     "did not finish cleanly (no closing checkpoint): the log has no entries".into()
+                } else if report.unsealed_entries == 0 {
+                    format!(
+                        "did not finish cleanly (no closing checkpoint): entries are intact up to entry {}, all covered by a signed checkpoint",
+                        n - 1
+                    )
                 } else {
                     format!(
                         "did not finish cleanly (no closing checkpoint): entries are intact up to entry {}; the last {} are not covered by a signed checkpoint",
@@ -832,7 +837,7 @@ impl<'a> Walk<'_, 'a, '_> {
             return Err(Problem::AfterFinal { position });
         }
         if position == 0 {
-            self.report.first_ts = Some(view.ts.to_string());
+            self.report.first_ts = Some(clip(&view.ts));
         }
         if let Some(count) = self.report.event_types.get_mut(view.event_type.as_ref()) {
             *count += 1;
@@ -977,7 +982,7 @@ fn fast_entry(line: &[u8]) -> Option<RawEntry<'_>> {
 
 /// Bounds attacker-chosen text quoted in a problem.
 pub(crate) fn clip(text: &str) -> String {
-    const MAX: usize = 80;
+    const MAX: usize = 128;
     if text.chars().count() <= MAX {
         text.to_owned()
     } else {
