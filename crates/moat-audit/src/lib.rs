@@ -8,6 +8,38 @@
 //! threads (a supervisor that wants time-based checkpoints during quiet periods calls
 //! [`AuditLog::checkpoint_if_due`] from its own timer).
 //!
+//! # Example
+//!
+//! ```
+//! use moat_audit::{AuditKey, AuditLog, LogOptions, Verdict};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let home = dir.path();
+//! // The supervisor: one writer per run.
+//! let key = AuditKey::load_or_create(&home.join("audit/signing.key"))?;
+//! let log = AuditLog::create(&home.join("audit.db"), "run_0123456789ab", key.clone(), LogOptions::default())?;
+//! log.append("run.created", json!({"image": "alpine:3", "runtime": "docker"}))?;
+//! log.append("container.exited", json!({"exit_code": 0}))?;
+//! let closing = log.close()?;
+//!
+//! // `moat audit`: verify against the installation key, prove an entry, export a bundle.
+//! let public = key.public_key();
+//! let report = moat_audit::verify_log(log.path(), &public)?;
+//! assert_eq!(report.verdict, Verdict::Intact);
+//! let receipt = moat_audit::Evidence::from_log_file(log.path())?.prove_inclusion(1)?;
+//! receipt.verify(&public)?;
+//! let bundle = moat_audit::export_bundle(log.path(), &public)?;
+//!
+//! // Anyone, offline, with the pinned public key.
+//! let report = moat_audit::verify_bundle(&bundle, Some(&public));
+//! assert!(!report.is_tampered());
+//! assert_eq!(report.checkpoints.last().map(|c| c.root), Some(closing.root));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Entries and canonical JSON
 //!
 //! An entry is a JSON object with exactly the keys `data`, `run_id`, `seq`, `ts`, `type`. It is
@@ -27,6 +59,14 @@
 //!   `SHA-256(0x01 || left || right)`, empty tree `SHA-256("")`.
 //! * Checkpoints sign both the Merkle root and the chain value; see [`Checkpoint`] for the exact
 //!   signed text. Keys are Ed25519 ([`AuditKey`], [`PublicKey`]).
+//!
+//! # Bundles (`moat-audit-bundle/1`)
+//!
+//! One compact JSON object: `format`, `run_id`, `public_key` (64 hex digits), `checkpoints`
+//! and `entries` (`{"entry":<canonical entry>,"hash":<chain hex>}`), written by
+//! [`export_bundle`] and checked by [`verify_bundle`], optionally against a pinned key. Every
+//! byte of a bundle is covered: hex is lowercase only, entries are hashed as embedded, and all
+//! other fields are either signed or cross-checked.
 //!
 //! # The log file (`moat-audit-log/1`)
 //!
