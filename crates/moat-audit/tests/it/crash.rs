@@ -26,10 +26,21 @@ fn child_writer_entry_point() {
         ..LogOptions::default()
     };
     let log = AuditLog::create(&path, RUN, key(), options).expect("create");
-    // Append until killed; the bound only guards against a parent that never kills.
-    for i in 0..10_000_000u64 {
+    // Append, then wait to be killed; both are bounded so a lost child cannot run away.
+    for i in 0..100_000u64 {
         log.append("network.request", json!({"i": i, "pad": "x".repeat(64)}))
             .expect("append");
+    }
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// Kills the child writer however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -38,17 +49,19 @@ fn killed_writer_process_leaves_an_unfinished_intact_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
     let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new(exe)
-        .args([
-            "crash::child_writer_entry_point",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn child writer");
+    let mut child = KillOnDrop(
+        Command::new(exe)
+            .args([
+                "crash::child_writer_entry_point",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn child writer"),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -56,10 +69,9 @@ fn killed_writer_process_leaves_an_unfinished_intact_log() {
             break;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("child writer produced only {len} bytes in 120 s");
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = child.0.try_wait() {
             panic!("child writer exited early: {status}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -67,8 +79,8 @@ fn killed_writer_process_leaves_an_unfinished_intact_log() {
     let live = verify_log(&path, &key().public_key()).expect("readable");
     assert_eq!(live.verdict, Verdict::Unfinished, "{}", live.message);
     assert!(live.writer_active, "the child holds the writer lock");
-    child.kill().expect("SIGKILL the writer");
-    child.wait().expect("reap");
+    child.0.kill().expect("SIGKILL the writer");
+    child.0.wait().expect("reap");
     let report = verify_log(&path, &key().public_key()).expect("readable");
     assert_eq!(report.verdict, Verdict::Unfinished, "{}", report.message);
     assert!(!report.is_tampered());
