@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::canonical::EntryView;
+use crate::canonical::to_canonical;
 use crate::checkpoint::Checkpoint;
 use crate::checkpoint::origin;
 use crate::keys::PublicKey;
@@ -106,6 +107,14 @@ pub enum Problem {
     /// An entry's content does not match its recorded chain hash.
     #[error("entry {seq} was modified: its content does not match its recorded hash")]
     EntryModified {
+        /// The entry.
+        seq: u64,
+    },
+    /// An entry's bytes differ from the original only in formatting.
+    #[error(
+        "entry {seq} is not byte-for-byte the original but matches its hash once put back in canonical form: the file was reformatted (e.g. pretty-printed); verify the original file"
+    )]
+    NotCanonical {
         /// The entry.
         seq: u64,
     },
@@ -846,9 +855,15 @@ impl<'a> Walk<'_, 'a, '_> {
         }
         self.last_ts = view.ts;
         let chain = chain_hash(&self.chain, e.raw.as_bytes());
-        if e.recorded.is_some_and(|r| r != chain) {
+        if let Some(recorded) = e.recorded.filter(|r| *r != chain) {
             self.chain_broken = true;
-            return Err(Problem::EntryModified { seq: position });
+            let reformatted = serde_json::from_str::<serde_json::Value>(e.raw)
+                .is_ok_and(|v| chain_hash(&self.chain, &to_canonical(&v)) == recorded);
+            return Err(if reformatted {
+                Problem::NotCanonical { seq: position }
+            } else {
+                Problem::EntryModified { seq: position }
+            });
         }
         self.chain = chain;
         self.frontier.push(leaf_hash(e.raw.as_bytes()));

@@ -316,6 +316,17 @@ fn edited_bundle_entry_is_named() {
 }
 
 #[test]
+fn reformatted_bundle_is_told_apart_from_an_edited_one() {
+    let (_dir, path) = fixture();
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    let value: Value = serde_json::from_slice(&bundle).expect("json");
+    let pretty = serde_json::to_vec_pretty(&value).expect("serialize");
+    let report = verify_bundle(&pretty, Some(&key().public_key()));
+    assert_eq!(tampered(&report), &Problem::NotCanonical { seq: 0 });
+    assert!(report.message.contains("reformatted"), "{}", report.message);
+}
+
+#[test]
 fn bundle_tail_truncated_under_the_last_checkpoint_is_named() {
     let (_dir, path) = fixture();
     let bundle = export_bundle(&path, &key().public_key()).expect("export");
