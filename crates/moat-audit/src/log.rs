@@ -125,11 +125,19 @@ impl AuditLog {
             }),
             ..LineWire::default()
         };
-        let mut line = serde_json::to_vec(&header).map_err(|e| io_err(e.into()))?;
-        line.push(b'\n');
-        file.write_all(&line).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
-        sync_parent(path).map_err(io_err)?;
+        let written = serde_json::to_vec(&header)
+            .map_err(io::Error::from)
+            .and_then(|mut line| {
+                line.push(b'\n');
+                file.write_all(&line)?;
+                file.sync_all()?;
+                sync_parent(path)
+            });
+        if let Err(source) = written {
+            // Leave no headerless file behind that would block a retry.
+            let _ = fs::remove_file(path);
+            return Err(io_err(source));
+        }
         let now = options.clock.now();
         Ok(Self {
             path: path.to_owned(),
