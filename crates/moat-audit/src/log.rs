@@ -113,9 +113,14 @@ impl AuditLog {
                 io_err(source)
             }
         })?;
-        file.try_lock().map_err(|_| LogError::Locked {
-            path: path.to_owned(),
-        })?;
+        // The file is new, so only a reader's momentary probe can hold a lock: wait it out.
+        if let Err(source) = file.lock() {
+            let _ = fs::remove_file(path);
+            return Err(LogError::Lock {
+                path: path.to_owned(),
+                source,
+            });
+        }
         let header = LineWire {
             header: Some(Header {
                 format: LOG_FORMAT.into(),
@@ -280,11 +285,14 @@ pub enum LogError {
         /// The file.
         path: PathBuf,
     },
-    /// Another process holds the writer lock.
-    #[error("audit log {} is locked by another writer; only the run's supervisor may write it", path.display())]
-    Locked {
+    /// The writer lock could not be taken.
+    #[error("cannot take the writer lock on audit log {}: {source}; keep run data on a local filesystem that supports file locks", path.display())]
+    Lock {
         /// The file.
         path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
     },
     /// The log was closed.
     #[error("audit log {} is closed; nothing can be appended after the final checkpoint", path.display())]

@@ -486,7 +486,15 @@ fn read_log_file(path: &Path) -> Result<(Vec<u8>, bool), ReadError> {
         source,
     };
     let mut file = fs::File::open(path).map_err(io_err)?;
-    let active = matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock));
+    let active = match file.try_lock_shared() {
+        Ok(()) => {
+            // Only a probe: release at once so a writer starting up never waits on a reader.
+            let _ = file.unlock();
+            false
+        }
+        Err(fs::TryLockError::WouldBlock) => true,
+        Err(fs::TryLockError::Error(_)) => false,
+    };
     let mut bytes = Vec::new();
     io::Read::read_to_end(&mut file, &mut bytes).map_err(io_err)?;
     Ok((bytes, active))
