@@ -76,7 +76,9 @@ impl Default for LogOptions {
 
 /// The tamper-evident audit log of one run, open for appending.
 ///
-/// There is exactly one writer per log (enforced with an exclusive file lock). Every append is
+/// There is exactly one writer per log: the file is created exclusively, and the writer holds
+/// an exclusive file lock while it is open, so readers can tell a live log from one whose
+/// writer died ([`crate::Report::writer_active`]). Every append is
 /// one `write(2)` of a whole line, so entries survive the writer being killed; checkpoints and
 /// [`AuditLog::close`] also `fsync`, so everything up to the last checkpoint survives a machine
 /// crash. `AuditLog` is `Send + Sync`; calls are serialized by an internal mutex.
