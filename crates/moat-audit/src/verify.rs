@@ -346,13 +346,22 @@ impl Report {
     }
 
     pub(crate) fn tampered(run_id: Option<String>, problem: Problem) -> Self {
+        let mut report = Self::unfinished_empty(run_id, problem.to_string());
+        report.verdict = Verdict::Tampered;
+        report.chain_intact = false;
+        report.problem = Some(problem);
+        report
+    }
+
+    /// A report for a log with nothing verifiable in it.
+    fn unfinished_empty(run_id: Option<String>, message: String) -> Self {
         Self {
             run_id,
-            verdict: Verdict::Tampered,
-            message: problem.to_string(),
+            verdict: Verdict::Unfinished,
+            message,
             entries: 0,
             verified_entries: 0,
-            chain_intact: false,
+            chain_intact: true,
             chain_head: Hash32::ZERO,
             merkle_root: crate::merkle::empty_root(),
             key: None,
@@ -365,7 +374,7 @@ impl Report {
             unsealed_entries: 0,
             torn_tail: false,
             writer_active: false,
-            problem: Some(problem),
+            problem: None,
         }
     }
 }
@@ -506,6 +515,22 @@ pub fn verify_log_bytes(bytes: &[u8], key: &PublicKey) -> Report {
 }
 
 fn verify_log_inner(bytes: &[u8], key: &PublicKey, witness: Option<&Checkpoint>) -> Report {
+    if !bytes.contains(&b'\n') {
+        // Not even the header was completed: the writer died while creating the log.
+        if let Some(w) = witness.filter(|w| w.tree_size > 0) {
+            let problem = Problem::RolledBack {
+                tree_size: w.tree_size,
+                entries: 0,
+            };
+            return Report::tampered(None, problem);
+        }
+        let mut report = Report::unfinished_empty(
+            None,
+            "did not finish cleanly: the log has no complete header (its writer was stopped while creating it)".into(),
+        );
+        report.torn_tail = !bytes.is_empty();
+        return report;
+    }
     match parse_log(bytes) {
         Ok(log) => {
             if log.header.key_id != key.key_id() {

@@ -293,6 +293,19 @@ fn appended_entry_after_close_is_detected() {
 }
 
 #[test]
+fn log_cut_inside_its_header_is_unfinished() {
+    let (_dir, path) = fixture();
+    let bytes = std::fs::read(&path).expect("read");
+    for len in [0, 10] {
+        std::fs::write(&path, &bytes[..len]).expect("write");
+        let report = verify(&path);
+        assert_eq!(report.verdict, Verdict::Unfinished, "{}", report.message);
+        assert_eq!(report.entries, 0);
+        assert_eq!(report.torn_tail, len > 0);
+    }
+}
+
+#[test]
 fn garbage_line_is_named_by_line_number() {
     let (_dir, path) = fixture();
     let mut lines = lines(&path);
