@@ -657,6 +657,9 @@ mod tests {
             leaves.iter().for_each(|l| frontier.push(*l));
             let root = tree_hash(&leaves);
             prop_assert_eq!(frontier.root(), root);
+            let raw: Vec<[u8; 32]> = leaves.iter().map(|l| l.0).collect();
+            let rs = rs_merkle::MerkleTree::<Rfc6962Hasher>::from_leaves(&raw);
+            prop_assert_eq!(rs.root().map(Hash32), Some(root));
             let index = pick.index(leaves.len()) as u64;
             let proof = inclusion_proof(&leaves, index).expect("in range");
             prop_assert!(proof.verify(&root).is_ok());
