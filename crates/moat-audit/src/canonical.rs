@@ -7,11 +7,14 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// One audit log entry, as parsed back from its canonical bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+///
+/// Its `Serialize` output is for display (`--json`); the hashed form is [`Entry::to_canonical`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Position in the log, from 0; also the entry's Merkle leaf index.
@@ -166,6 +169,20 @@ mod tests {
             String::from_utf8(to_canonical(&v)).expect("utf-8"),
             r#"{"a":[true,null,{"Z":-2,"z":"x","é":1.5}],"aa":"q\"\n\u0001","b":1}"#
         );
+    }
+
+    #[test]
+    fn serialized_entry_parses_back_to_the_same_canonical_bytes() {
+        let e = Entry {
+            seq: 1,
+            ts: "2026-01-02T03:04:05.000006Z".into(),
+            run_id: "run_x".into(),
+            event_type: "ssh.sign".into(),
+            data: json!({"host": "github.com", "allowed": true}),
+        };
+        let back: Entry =
+            serde_json::from_slice(&serde_json::to_vec(&e).expect("serialize")).expect("parse");
+        assert_eq!(back.to_canonical(), e.to_canonical());
     }
 
     #[test]
