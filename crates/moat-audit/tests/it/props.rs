@@ -114,4 +114,43 @@ proptest! {
             prop_assert!(report.is_tampered(), "byte {}: {}", i, report.message);
         }
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let pk = key().public_key();
+        prop_assert!(verify_bundle(&bytes, Some(&pk)).is_tampered());
+        let report = moat_audit::verify_log_bytes(&bytes, &pk);
+        prop_assert_ne!(report.verdict, Verdict::Intact);
+        let _ = moat_audit::Evidence::from_bundle(&bytes);
+    }
+
+    #[test]
+    fn spliced_evidence_never_panics(
+        events in events_strategy(),
+        start in any::<prop::sample::Index>(),
+        len in 0usize..200,
+        dup in any::<bool>(),
+    ) {
+        let (_dir, path) = write(&events, 3);
+        let log = std::fs::read(&path).expect("read");
+        let bundle = export_bundle(&path, &key().public_key()).expect("export");
+        for original in [log, bundle] {
+            let i = start.index(original.len());
+            let j = (i + len).min(original.len());
+            let mut spliced = original[..i].to_vec();
+            if dup {
+                spliced.extend_from_slice(&original[i..j]);
+                spliced.extend_from_slice(&original[i..]);
+            } else {
+                spliced.extend_from_slice(&original[j..]);
+            }
+            let pk = key().public_key();
+            let _ = moat_audit::verify_log_bytes(&spliced, &pk);
+            let _ = verify_bundle(&spliced, Some(&pk));
+            if let Ok(evidence) = moat_audit::Evidence::from_bundle(&spliced) {
+                let _ = evidence.prove_inclusion(0);
+                let _ = evidence.prove_consistency(1, evidence.len());
+            }
+        }
+    }
 }
