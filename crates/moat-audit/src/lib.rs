@@ -138,6 +138,7 @@ pub use verify::Problem;
 pub use verify::ReadError;
 pub use verify::Report;
 pub use verify::Verdict;
+pub use verify::verify_file;
 pub use verify::verify_log;
 pub use verify::verify_log_bytes;
 pub use verify::verify_log_with_witness;

@@ -458,6 +458,27 @@ pub enum ReadError {
         #[source]
         source: io::Error,
     },
+    /// A log file (unlike a bundle) does not carry its public key.
+    #[error("{} is an audit log, which does not carry its public key; pass the key (signing.pub) to verify it", path.display())]
+    KeyRequired {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Verifies a file that is either a bundle or a log file, telling them apart by content; for
+/// `moat audit verify FILE [--key PUBKEY]`. A log file needs `pinned`.
+pub fn verify_file(path: &Path, pinned: Option<&PublicKey>) -> Result<Report, ReadError> {
+    let (bytes, active) = read_log_file(path)?;
+    if !bytes.starts_with(b"{\"header\":") {
+        return Ok(crate::bundle::verify_bundle(&bytes, pinned));
+    }
+    let key = pinned.ok_or_else(|| ReadError::KeyRequired {
+        path: path.to_owned(),
+    })?;
+    let mut report = verify_log_inner(&bytes, key, None);
+    report.mark_writer_active(active);
+    Ok(report)
 }
 
 /// Verifies the log file at `path` against the installation's public key.

@@ -243,3 +243,24 @@ fn errors_fit_the_audit_sink_error_box() {
     let err = boxed(log.append("x", json!(null)).expect_err("closed"));
     assert!(err.to_string().contains("is closed"), "{err}");
 }
+
+#[test]
+fn verify_file_tells_logs_and_bundles_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_log(dir.path(), 4, 2);
+    let pk = key().public_key();
+    let bundle_path = dir.path().join("run.bundle.json");
+    moat_audit::export_bundle_to(&path, &bundle_path, &pk).expect("export");
+    for file in [&path, &bundle_path] {
+        let report = moat_audit::verify_file(file, Some(&pk)).expect("readable");
+        assert_eq!(report.verdict, Verdict::Intact, "{}", report.message);
+        assert_eq!(report.entries, 4);
+    }
+    let unpinned = moat_audit::verify_file(&bundle_path, None).expect("readable");
+    assert_eq!(unpinned.verdict, Verdict::Intact, "{}", unpinned.message);
+    let err = moat_audit::verify_file(&path, None).expect_err("a log needs a key");
+    assert!(
+        matches!(err, moat_audit::ReadError::KeyRequired { .. }),
+        "{err}"
+    );
+}
