@@ -191,7 +191,7 @@ impl Evidence {
     pub fn from_bundle(bytes: &[u8]) -> Result<Self, ExportError> {
         let bundle: BundleWire<'_> =
             serde_json::from_slice(bytes).map_err(|e| ExportError::Malformed {
-                path: PathBuf::new(),
+                path: PathBuf::from("<bundle>"),
                 problem: Problem::MalformedBundle {
                     detail: e.to_string(),
                 },
@@ -328,6 +328,10 @@ impl InclusionReceipt {
         let malformed = ProofError::Malformed {
             tree_size: self.proof.tree_size,
         };
+        let seq = serde_json::from_str::<Entry>(&self.entry).map(|e| e.seq);
+        if seq.ok() != Some(self.proof.leaf_index) {
+            return Err(malformed);
+        }
         if leaf_hash(self.entry.as_bytes()) != self.proof.leaf_hash {
             return Err(ProofError::RootMismatch {
                 tree_size: self.proof.tree_size,

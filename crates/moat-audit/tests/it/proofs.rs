@@ -29,6 +29,9 @@ fn every_entry_has_a_receipt_that_verifies_against_a_signed_checkpoint() {
         let mut forged = receipt.clone();
         forged.entry = forged.entry.replace("item", "itam");
         assert!(forged.verify(&pk).is_err());
+        let mut moved = receipt.clone();
+        moved.proof.leaf_index = (seq + 1) % 13;
+        assert!(moved.verify(&pk).is_err());
         assert!(receipt.verify(&foreign_key().public_key()).is_err());
     }
     assert!(matches!(
