@@ -3,7 +3,8 @@
 //! The secret key is stored as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, readable by
 //! `openssl pkey`), mode 0600; the public key beside it (same name, extension `.pub`) as SPKI PEM
 //! (`-----BEGIN PUBLIC KEY-----`). A key ID is the first 8 bytes of `SHA-256(public key)` in hex;
-//! a fingerprint is `SHA256:` followed by unpadded base64 of the same digest, as OpenSSH prints.
+//! a fingerprint is `SHA256:` followed by unpadded base64 of the same digest, in OpenSSH's style
+//! (OpenSSH hashes its own key encoding, so the values differ from `ssh-keygen -l`).
 
 use std::fmt;
 use std::fs;

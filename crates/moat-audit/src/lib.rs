@@ -85,7 +85,10 @@
 //! *and* every checkpoint that covers it) is indistinguishable from a writer that was killed at
 //! that point; it is reported as unfinished. Keep the closing [`Checkpoint`] returned by
 //! [`AuditLog::close`] somewhere else (e.g. the run's metadata) and verify with
-//! [`verify_log_with_witness`] to detect that.
+//! [`verify_log_with_witness`] to detect that. Entries after the last checkpoint of an
+//! unfinished log are not signed, so someone with write access could rewrite them consistently;
+//! [`Report::unsealed_entries`] says how many there are. Checkpoints are not anchored anywhere
+//! outside the installation (no external witness or transparency log).
 #![warn(missing_docs)]
 
 mod bundle;
