@@ -441,3 +441,102 @@ fn resign_checkpoints(lines: &mut [String], signer: &AuditKey, claim_key_id: Opt
         }
     }
 }
+
+#[test]
+fn entry_copied_from_another_run_is_named() {
+    let (_dir, path) = fixture();
+    let mut lines = lines(&path);
+    let i = entry_line(&lines, 6);
+    lines[i] = lines[i].replace(RUN, "run_ffffffffffff");
+    write_lines(&path, &lines);
+    assert_eq!(
+        tampered(&verify(&path)),
+        &Problem::WrongRunId {
+            seq: 6,
+            expected: RUN.into(),
+            found: "run_ffffffffffff".into()
+        }
+    );
+}
+
+#[test]
+fn moved_checkpoint_line_is_named() {
+    let (_dir, path) = fixture();
+    let mut lines = lines(&path);
+    let cp = entry_line(&lines, 5) - 1;
+    assert!(lines[cp].starts_with("{\"checkpoint\":"));
+    lines.swap(cp, cp + 1);
+    write_lines(&path, &lines);
+    assert_eq!(
+        tampered(&verify(&path)),
+        &Problem::CheckpointMisplaced {
+            checkpoint: 0,
+            tree_size: 5,
+            entries_before: 6
+        }
+    );
+}
+
+#[test]
+fn reordered_bundle_checkpoints_are_named() {
+    let (_dir, path) = fixture();
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
+    value["checkpoints"]
+        .as_array_mut()
+        .expect("checkpoints")
+        .swap(0, 1);
+    let edited = serde_json::to_vec(&value).expect("serialize");
+    assert_eq!(
+        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
+        &Problem::CheckpointOrder {
+            checkpoint: 1,
+            tree_size: 5,
+            previous: 10
+        }
+    );
+}
+
+#[test]
+fn checkpoint_from_another_run_is_named() {
+    let (dir, path) = fixture();
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).expect("mkdir");
+    let other = other_dir.join("audit.db");
+    let log = moat_audit::AuditLog::create(&other, "run_ffffffffffff", key(), options(5))
+        .expect("create");
+    for i in 0..5 {
+        let (t, d) = event(i);
+        log.append(t, d).expect("append");
+    }
+    let foreign_cp = log.last_checkpoint().expect("checkpoint after 5");
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
+    value["checkpoints"][0] = serde_json::to_value(&foreign_cp).expect("serialize");
+    let edited = serde_json::to_vec(&value).expect("serialize");
+    assert_eq!(
+        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
+        &Problem::WrongOrigin {
+            checkpoint: 0,
+            expected: format!("moat/{RUN}"),
+            found: "moat/run_ffffffffffff".into()
+        }
+    );
+}
+
+#[test]
+fn checkpoint_field_with_a_line_break_is_named() {
+    let (_dir, path) = fixture();
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
+    let ts = value["checkpoints"][0]["ts"]
+        .as_str()
+        .expect("ts")
+        .to_owned();
+    value["checkpoints"][0]["ts"] = Value::String(format!("{ts}\nfinal true"));
+    let edited = serde_json::to_vec(&value).expect("serialize");
+    assert_eq!(
+        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
+        &Problem::MalformedCheckpoint { checkpoint: 0 }
+    );
+}
