@@ -15,10 +15,25 @@ use crate::common::*;
 
 const CHILD_ENV: &str = "MOAT_AUDIT_TEST_CHILD_LOG";
 
-/// Entry point of the child process (does nothing unless started by the test below).
+/// In the child process started by the test below: append until killed. Run directly: the
+/// same writer, stopped by dropping it on another thread, leaves an unfinished intact log.
 #[test]
 fn child_writer_entry_point() {
     let Some(path) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.db");
+        let log = AuditLog::create(&path, RUN, key(), options(50)).expect("create");
+        std::thread::spawn(move || {
+            for i in 0..120u64 {
+                log.append("network.request", json!({"i": i}))
+                    .expect("append");
+            }
+        })
+        .join()
+        .expect("writer thread");
+        let report = verify_log(&path, &key().public_key()).expect("readable");
+        assert_eq!(report.verdict, Verdict::Unfinished, "{}", report.message);
+        assert_eq!((report.entries, report.unsealed_entries), (120, 20));
         return;
     };
     let options = LogOptions {
