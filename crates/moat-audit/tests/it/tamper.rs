@@ -540,3 +540,57 @@ fn checkpoint_field_with_a_line_break_is_named() {
         &Problem::MalformedCheckpoint { checkpoint: 0 }
     );
 }
+
+#[test]
+fn rewritten_log_without_checkpoints_fails_against_the_witness() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let log = moat_audit::AuditLog::create(&path, RUN, key(), options(5)).expect("create");
+    for i in 0..12 {
+        let (t, d) = event(i);
+        log.append(t, d).expect("append");
+    }
+    let witness = log.close().expect("close");
+    let mut lines = lines(&path);
+    lines.retain(|l| !l.starts_with("{\"checkpoint\":"));
+    let i = entry_line(&lines, 3);
+    lines[i] = lines[i].replace("item/3", "item/X");
+    rehash(&mut lines);
+    write_lines(&path, &lines);
+    let pk = key().public_key();
+    // Without the witness this is indistinguishable from a writer killed before any checkpoint.
+    assert_eq!(verify(&path).verdict, Verdict::Unfinished);
+    let report = moat_audit::verify_log_with_witness(&path, &pk, &witness).expect("readable");
+    assert_eq!(
+        tampered(&report),
+        &Problem::WitnessMismatch { tree_size: 12 }
+    );
+}
+
+#[test]
+fn unknown_bundle_format_is_named() {
+    let (_dir, path) = fixture();
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    let text = String::from_utf8(bundle).expect("utf-8");
+    let edited = text.replacen("moat-audit-bundle/1", "moat-audit-bundle/2", 1);
+    assert_eq!(
+        tampered(&verify_bundle(edited.as_bytes(), Some(&key().public_key()))),
+        &Problem::UnsupportedFormat {
+            found: "moat-audit-bundle/2".into(),
+            expected: "moat-audit-bundle/1".into()
+        }
+    );
+}
+
+#[test]
+fn entry_that_is_not_an_entry_is_named() {
+    let (_dir, path) = fixture();
+    let bundle = export_bundle(&path, &key().public_key()).expect("export");
+    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
+    value["entries"][2]["entry"] = serde_json::json!({"seq": 2});
+    let edited = serde_json::to_vec(&value).expect("serialize");
+    assert!(matches!(
+        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
+        Problem::MalformedEntry { position: 2, .. }
+    ));
+}
