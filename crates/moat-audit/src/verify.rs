@@ -407,7 +407,15 @@ impl fmt::Display for Report {
         if let (Some(first), Some(last)) = (&self.first_ts, &self.last_ts) {
             writeln!(f, "  time span: {first} .. {last}")?;
         }
-        writeln!(f, "  merkle root: {}", self.merkle_root)?;
+        if self.verified_entries == self.entries {
+            writeln!(f, "  merkle root: {}", self.merkle_root)?;
+        } else {
+            writeln!(
+                f,
+                "  merkle root of the {} verified entries: {}",
+                self.verified_entries, self.merkle_root
+            )?;
+        }
         if let Some(key) = &self.key {
             let pinned = if key.pinned {
                 "pinned"
@@ -770,6 +778,10 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
     }
     report.chain_head = chain;
     report.merkle_root = root;
+    report.last_checkpoint_covers_all = p
+        .checkpoints
+        .last()
+        .is_some_and(|c| c.checkpoint.tree_size == report.entries);
     match outcome {
         Err(problem) => {
             report.verdict = Verdict::Tampered;
@@ -780,10 +792,6 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
             let n = report.entries;
             report.verified_entries = n;
             report.unsealed_entries = n - sealed;
-            report.last_checkpoint_covers_all = p
-                .checkpoints
-                .last()
-                .is_some_and(|c| c.checkpoint.tree_size == n);
             report.finished_cleanly = final_seen && !p.torn_tail;
             if report.finished_cleanly {
                 report.verdict = Verdict::Intact;
