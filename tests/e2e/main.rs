@@ -1,6 +1,7 @@
 //! End-to-end suites: the real `moat` binary against a real Docker engine.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
+mod audit;
 mod errors;
 mod grant;
 mod lifecycle;

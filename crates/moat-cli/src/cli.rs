@@ -44,8 +44,11 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Stop a running run and keep its artifacts.
     Stop(RunRef),
-    /// Remove a run: its container, network and run directory.
-    Destroy(RunRef),
+    /// Remove a run: its container, network and run directory (the signed audit evidence is
+    /// archived in $MOAT_HOME/evidence unless --purge).
+    Destroy(DestroyArgs),
+    /// Verify a run's audit log, export it as a bundle, or prove an entry.
+    Audit(AuditArgs),
     /// Store a credential for a provider (github, anthropic, openai, custom), or `grant list`.
     Grant(GrantArgs),
     /// Remove a stored credential.
@@ -108,6 +111,45 @@ pub(crate) struct RunArgs {
     /// Container runtime.
     #[arg(long, value_enum)]
     pub(crate) runtime: Option<RuntimeArg>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DestroyArgs {
+    /// Run ID, unique ID prefix or name; defaults to the most recent run.
+    pub(crate) run: Option<String>,
+    /// Also delete the run's signed audit evidence instead of archiving it.
+    #[arg(long)]
+    pub(crate) purge: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<AuditCommand>,
+    /// Run ID, unique ID prefix or name; defaults to the most recent run.
+    pub(crate) run: Option<String>,
+    /// Write the run's evidence as a self-contained bundle for offline verification.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) export: Option<PathBuf>,
+    /// Print an inclusion proof of entry SEQ against the latest signed checkpoint.
+    #[arg(long, value_name = "SEQ")]
+    pub(crate) prove: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify an exported bundle (or a log file) offline.
+    Verify {
+        /// The bundle or log file.
+        file: PathBuf,
+        /// The signer's public key (file with PEM or hex, or 64 hex digits); without it the
+        /// bundle's own key is used, which proves integrity but not origin.
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<String>,
+    },
+    /// Print this installation's audit public key and fingerprint.
+    Key,
 }
 
 #[derive(Debug, Args)]

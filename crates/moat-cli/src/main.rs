@@ -1,6 +1,7 @@
 //! The `moat` command-line interface: argument parsing, wiring of the library crates and
 //! terminal output. All environment and path resolution happens here.
 
+mod audit;
 mod cli;
 mod cmd;
 mod context;
@@ -76,6 +77,7 @@ async fn dispatch(cli: Cli) -> CliResult<i32> {
                 Command::Logs(args) => cmd::runs::logs(&ctx, args).await,
                 Command::Stop(args) => cmd::runs::stop(&ctx, args).await,
                 Command::Destroy(args) => cmd::runs::destroy(&ctx, args).await,
+                Command::Audit(args) => cmd::audit::audit(&ctx, args).await,
                 Command::Grant(args) => cmd::grant::grant(&ctx, args).await,
                 Command::Revoke { provider } => cmd::grant::revoke(&ctx, &provider),
                 Command::Version | Command::Schema | Command::Completions { .. } => Ok(0),

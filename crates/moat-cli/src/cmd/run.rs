@@ -10,7 +10,6 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 use indicatif::ProgressStyle;
 use moat_core::audit::AuditSink;
-use moat_core::audit::NoAudit;
 use moat_core::config::EnvName;
 use moat_core::config::MoatConfig;
 use moat_core::config::RunName;
@@ -26,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::RunAudit;
 use crate::cli::RunArgs;
 use crate::cli::RuntimeArg;
 use crate::context::Context;
@@ -293,7 +293,7 @@ async fn supervise_foreground(
         cancel,
         started: None,
     };
-    let audit: Arc<dyn AuditSink> = Arc::new(NoAudit);
+    let audit = open_audit(ctx, orch, &meta.id)?;
     let outcome = orch
         .supervise(&meta.id, io, audit, std::process::id())
         .await;
@@ -313,6 +313,25 @@ async fn supervise_foreground(
             "details are in `moat logs {}` and `moat list`",
             meta.id
         ))),
+    }
+}
+
+/// Opens the run's audit log; a run that cannot be audited does not start.
+fn open_audit(ctx: &Context, orch: &Orchestrator, id: &RunId) -> CliResult<Arc<dyn AuditSink>> {
+    match RunAudit::create(ctx, &orch.store().dir(id), id) {
+        Ok(audit) => {
+            audit.spawn_checkpoint_timer();
+            Ok(audit)
+        }
+        Err(e) => {
+            let message = e.message.clone();
+            let _ = orch.store().update(id, |m| {
+                m.state = moat_core::run::RunState::Failed;
+                m.error = Some(message);
+                m.ended_at = Some(chrono::Utc::now());
+            });
+            Err(e)
+        }
     }
 }
 
@@ -402,7 +421,13 @@ pub(crate) async fn supervise_detached(ctx: &Context, run_id: &str) -> CliResult
             output::data_line("ready");
         }
     });
-    let audit: Arc<dyn AuditSink> = Arc::new(NoAudit);
+    let audit = match open_audit(ctx, &orch, &id) {
+        Ok(a) => a,
+        Err(e) => {
+            output::data_line(&format!("error: {}", e.message));
+            return Err(e);
+        }
+    };
     match orch.supervise(&id, io, audit, std::process::id()).await {
         Ok(outcome) => Ok(i32::try_from(outcome.exit_code).unwrap_or(1)),
         Err(e) => {

@@ -17,6 +17,9 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use std::os::unix::fs::DirBuilderExt;
+
+use crate::cli::DestroyArgs;
 use crate::cli::LogsArgs;
 use crate::cli::RunRef;
 use crate::context::Context;
@@ -381,7 +384,7 @@ pub(crate) async fn stop(ctx: &Context, args: RunRef) -> CliResult<i32> {
 }
 
 /// `moat destroy`.
-pub(crate) async fn destroy(ctx: &Context, args: RunRef) -> CliResult<i32> {
+pub(crate) async fn destroy(ctx: &Context, args: DestroyArgs) -> CliResult<i32> {
     let store = ctx.store();
     let runs = load_runs(&store)?;
     let run = resolve(&runs, args.run.as_deref(), |_| true, "")?;
@@ -404,13 +407,62 @@ pub(crate) async fn destroy(ctx: &Context, args: RunRef) -> CliResult<i32> {
             .await
             .map_err(|e| crate::context::runtime_error(&e))?;
     }
+    let archived = if args.purge {
+        None
+    } else {
+        archive_evidence(ctx, &run)?
+    };
     store
         .remove(&run.id)
         .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
+    if let Some(path) = &archived {
+        output::info(
+            ctx,
+            format_args!("audit evidence archived to {}", path.display()),
+        );
+    }
     if ctx.args.json {
-        output::json(&serde_json::json!({ "destroyed": run.id }));
+        output::json(&serde_json::json!({ "destroyed": run.id, "evidence": archived }));
     } else {
         output::info(ctx, format_args!("destroyed {} ({})", run.id, run.name));
     }
     Ok(0)
+}
+
+/// Exports the run's signed audit log as a bundle into `$MOAT_HOME/evidence/` before the run
+/// directory goes. A run without a log has nothing to archive; a log that cannot be exported
+/// stops the destroy, so evidence is never lost silently.
+fn archive_evidence(ctx: &Context, run: &RunMetadata) -> CliResult<Option<std::path::PathBuf>> {
+    let log = ctx.store().dir(&run.id).join(crate::audit::LOG_FILE);
+    if !log.exists() {
+        return Ok(None);
+    }
+    let key_path = crate::audit::key_path(ctx);
+    let key = moat_audit::key_info(&key_path)
+        .and_then(|info| moat_audit::PublicKey::from_hex(&info.public_key_hex))
+        .map_err(|e| {
+            CliError::from_error(EXIT_FAILURE, &e).hint(format!(
+                "the audit key is missing, so the evidence of {} cannot be archived; `moat destroy --purge` deletes it anyway",
+                run.id
+            ))
+        })?;
+    let dir = ctx.home.join("evidence");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            CliError::new(
+                EXIT_FAILURE,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+    let out = dir.join(format!("{}.bundle.json", run.id));
+    moat_audit::export_bundle_to(&log, &out, &key).map_err(|e| {
+        CliError::from_error(EXIT_FAILURE, &e).hint(format!(
+            "the run directory was kept; `moat destroy --purge {}` deletes it without archiving",
+            run.id
+        ))
+    })?;
+    Ok(Some(out))
 }
