@@ -1,0 +1,777 @@
+//! The signing policy: which keys a run may see and when a signature is allowed.
+//!
+//! A connection's sessions are bound with `session-bind@openssh.com` (OpenSSH 8.9+): the SSH
+//! client proves to the agent, with the server's signature over the session identifier, which
+//! host it is talking to. A sign request is allowed only when
+//!
+//! 1. the key is granted to the run,
+//! 2. the connection's last binding is a verified, non-forwarding binding to a host key of a
+//!    host the key is granted for (every earlier, forwarding binding must also be to a host
+//!    the key is granted for), and
+//! 3. the data is an SSH user-authentication request (RFC 4252 §7) for that very session
+//!    (same session identifier), that very key and, for `publickey-hostbound-v00@openssh.com`,
+//!    that very host key, so the signature is useless for any other session or host.
+//!
+//! Unbound connections (clients before OpenSSH 8.9) are refused unless the embedder opted in
+//! with [`PolicyOptions::dangerous_allow_unbound_sessions`] and the key is granted for exactly
+//! one host.
+
+use std::collections::BTreeSet;
+
+use crate::grants::SshGrant;
+use crate::key::Fingerprint;
+use crate::key::PublicKeyBlob;
+use crate::key::VerifyError;
+use crate::known_hosts::SshHost;
+use crate::protocol::SessionBind;
+use crate::protocol::SignRequest;
+use crate::wire::Reader;
+
+/// The most bindings one connection may record; OpenSSH's `AGENT_MAX_SESSION_IDS`.
+pub const MAX_BINDINGS: usize = 16;
+
+/// Knobs of the signing policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyOptions {
+    /// Sign for connections that never sent `session-bind@openssh.com` (OpenSSH before 8.9
+    /// and other clients), when the key is granted for exactly one host. The signature is then
+    /// NOT bound to that host: whoever controls the container could use it to log in to any
+    /// server that trusts the key.
+    pub dangerous_allow_unbound_sessions: bool,
+}
+
+/// The policy of one run: its SSH grants and options.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    grants: Vec<SshGrant>,
+    options: PolicyOptions,
+}
+
+/// A granted signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignAllowed {
+    /// The host the signature is for.
+    pub host: SshHost,
+    /// Whether the session was bound (false only with the dangerous opt-in).
+    pub bound: bool,
+}
+
+/// Why a sign request was denied. The message is shown in audit records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignDenial {
+    /// The key is not granted to the run.
+    #[error(
+        "key {key} is not granted to this run; grant it with `moat grant ssh --host HOST --key {key}`"
+    )]
+    KeyNotGranted {
+        /// The key asked for.
+        key: Fingerprint,
+    },
+    /// The client never bound the session to a host.
+    #[error(
+        "the ssh client did not bind the session to a host (session-bind@openssh.com); use OpenSSH 8.9 or newer in the container"
+    )]
+    Unbound,
+    /// Unbound sessions are allowed, but the key is granted for several hosts, so the
+    /// destination cannot be known.
+    #[error("the ssh client did not bind the session and key {key} is granted for several hosts ({}); use OpenSSH 8.9 or newer in the container", join(.hosts))]
+    UnboundAmbiguous {
+        /// The key asked for.
+        key: Fingerprint,
+        /// The hosts it is granted for.
+        hosts: Vec<SshHost>,
+    },
+    /// A binding on this connection was refused earlier.
+    #[error("an earlier session binding on this connection was refused; nothing is signed on it")]
+    Poisoned,
+    /// The session is bound to a host key of no host the key is granted for.
+    #[error("the session is bound to host key {host_key}, which belongs to no host key {key} is granted for ({}); grant the host or refresh its known_hosts entry", join(.granted))]
+    HostNotGranted {
+        /// The key asked for.
+        key: Fingerprint,
+        /// The bound host key.
+        host_key: Fingerprint,
+        /// The hosts the key is granted for.
+        granted: Vec<SshHost>,
+    },
+    /// The last binding forwards the agent onwards; signing there is for a further hop.
+    #[error(
+        "the connection is an agent forwarding to host key {host_key}; signing on it is refused until the next hop binds its session"
+    )]
+    ForwardingSession {
+        /// The bound host key.
+        host_key: Fingerprint,
+    },
+    /// The agent was forwarded through a host the key is not granted for.
+    #[error(
+        "the agent was forwarded through host key {host_key}, which belongs to no host key {key} is granted for"
+    )]
+    ForwardedThroughUngranted {
+        /// The key asked for.
+        key: Fingerprint,
+        /// The forwarding hop's host key.
+        host_key: Fingerprint,
+    },
+    /// The data is not an SSH user-authentication request.
+    #[error(
+        "only ssh user authentication is signed; the data to sign is not a publickey userauth request"
+    )]
+    NotUserAuth,
+    /// The data is for another session.
+    #[error("the data to sign is for a different ssh session than the one bound")]
+    SessionMismatch,
+    /// The data names another key than the one asked to sign.
+    #[error("the data to sign names a different public key than the one asked to sign")]
+    KeyMismatch,
+    /// The data names another host key than the bound one.
+    #[error("the data to sign names a different host key than the one the session is bound to")]
+    HostKeyMismatch,
+}
+
+/// Why a session binding was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindRefusal {
+    /// The host key blob is malformed.
+    #[error("session-bind host key is malformed")]
+    BadHostKey,
+    /// The host key's signature over the session identifier does not verify.
+    #[error("session-bind signature does not verify: {source}")]
+    BadSignature {
+        /// The underlying error.
+        source: VerifyError,
+    },
+    /// An earlier binding on this connection was refused.
+    #[error(
+        "an earlier session binding on this connection was refused; open a new agent connection"
+    )]
+    Poisoned,
+    /// Too many bindings on one connection.
+    #[error("more than {MAX_BINDINGS} session bindings on one connection")]
+    TooMany,
+    /// A new session was bound after a final (non-forwarding) binding.
+    #[error(
+        "the connection is already bound to a session; open a new agent connection for a new session"
+    )]
+    AlreadyBound,
+    /// The agent would be forwarded to a host no grant names.
+    #[error("agent forwarding to host key {host_key} is refused: it belongs to no granted host")]
+    ForwardingToUngranted {
+        /// The destination host key.
+        host_key: Fingerprint,
+    },
+}
+
+/// The binding state of one client connection.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    bindings: Vec<Binding>,
+    poisoned: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Binding {
+    host_key: PublicKeyBlob,
+    session_id: Vec<u8>,
+    forwarding: bool,
+}
+
+impl Session {
+    /// Whether the connection has bound any session.
+    pub fn is_bound(&self) -> bool {
+        !self.bindings.is_empty()
+    }
+
+    /// The fingerprint of the most recently bound host key.
+    pub fn bound_host_key(&self) -> Option<Fingerprint> {
+        self.bindings.last().map(|b| b.host_key.fingerprint())
+    }
+}
+
+impl Policy {
+    /// The policy for a run with these grants.
+    pub fn new(grants: Vec<SshGrant>, options: PolicyOptions) -> Self {
+        Self { grants, options }
+    }
+
+    /// The run's grants.
+    pub fn grants(&self) -> &[SshGrant] {
+        &self.grants
+    }
+
+    /// Whether a key is granted to the run (and so may be listed).
+    pub fn is_granted(&self, key: &Fingerprint) -> bool {
+        self.grants.iter().any(|g| &g.key.fingerprint == key)
+    }
+
+    /// Records a session binding after verifying the host's signature over the session
+    /// identifier. Any refusal poisons the connection: nothing is signed on it afterwards.
+    pub fn bind(&self, session: &mut Session, bind: &SessionBind) -> Result<(), BindRefusal> {
+        let result = self.check_bind(session, bind);
+        match &result {
+            Ok(Some(binding)) => session.bindings.push(binding.clone()),
+            Ok(None) => {}
+            Err(_) => session.poisoned = true,
+        }
+        result.map(|_| ())
+    }
+
+    /// Decides a sign request on a connection.
+    pub fn authorize(
+        &self,
+        session: &Session,
+        request: &SignRequest,
+    ) -> Result<SignAllowed, SignDenial> {
+        let key = Fingerprint::of(&request.key);
+        if !self.is_granted(&key) {
+            return Err(SignDenial::KeyNotGranted { key });
+        }
+        if session.poisoned {
+            return Err(SignDenial::Poisoned);
+        }
+        let auth = UserAuth::parse(&request.data).ok_or(SignDenial::NotUserAuth)?;
+        if auth.key != request.key.as_slice() {
+            return Err(SignDenial::KeyMismatch);
+        }
+        let granted_hosts = self.hosts_for_key(&key);
+        let Some((last, earlier)) = session.bindings.split_last() else {
+            if !self.options.dangerous_allow_unbound_sessions {
+                return Err(SignDenial::Unbound);
+            }
+            return match granted_hosts.as_slice() {
+                [only] => Ok(SignAllowed {
+                    host: only.clone(),
+                    bound: false,
+                }),
+                _ => Err(SignDenial::UnboundAmbiguous {
+                    key,
+                    hosts: granted_hosts,
+                }),
+            };
+        };
+        if last.forwarding {
+            return Err(SignDenial::ForwardingSession {
+                host_key: last.host_key.fingerprint(),
+            });
+        }
+        for hop in earlier {
+            if self.host_for(&key, &hop.host_key).is_none() {
+                return Err(SignDenial::ForwardedThroughUngranted {
+                    key,
+                    host_key: hop.host_key.fingerprint(),
+                });
+            }
+        }
+        let Some(host) = self.host_for(&key, &last.host_key) else {
+            return Err(SignDenial::HostNotGranted {
+                key,
+                host_key: last.host_key.fingerprint(),
+                granted: granted_hosts,
+            });
+        };
+        if auth.session_id != last.session_id.as_slice() {
+            return Err(SignDenial::SessionMismatch);
+        }
+        if auth
+            .host_key
+            .is_some_and(|hk| hk != last.host_key.as_bytes())
+        {
+            return Err(SignDenial::HostKeyMismatch);
+        }
+        Ok(SignAllowed { host, bound: true })
+    }
+
+    /// A granted host whose host keys include the connection's last bound host key, for
+    /// reporting denials.
+    pub fn bound_host(&self, session: &Session) -> Option<SshHost> {
+        let last = session.bindings.last()?;
+        self.grants
+            .iter()
+            .find(|g| g.host_keys.contains(&last.host_key))
+            .map(|g| g.host.clone())
+    }
+
+    fn check_bind(
+        &self,
+        session: &Session,
+        bind: &SessionBind,
+    ) -> Result<Option<Binding>, BindRefusal> {
+        if session.poisoned {
+            return Err(BindRefusal::Poisoned);
+        }
+        let host_key = PublicKeyBlob::from_bytes(bind.host_key.clone())
+            .map_err(|_| BindRefusal::BadHostKey)?;
+        host_key
+            .verify(&bind.session_id, &bind.signature)
+            .map_err(|source| BindRefusal::BadSignature { source })?;
+        // OpenSSH sends the same binding again on re-authentication; accept it idempotently.
+        if session.bindings.iter().any(|b| {
+            b.session_id == bind.session_id
+                && b.host_key == host_key
+                && b.forwarding == bind.is_forwarding
+        }) {
+            return Ok(None);
+        }
+        if session.bindings.last().is_some_and(|b| !b.forwarding) {
+            return Err(BindRefusal::AlreadyBound);
+        }
+        if session.bindings.len() >= MAX_BINDINGS {
+            return Err(BindRefusal::TooMany);
+        }
+        if bind.is_forwarding && !self.grants.iter().any(|g| g.host_keys.contains(&host_key)) {
+            return Err(BindRefusal::ForwardingToUngranted {
+                host_key: host_key.fingerprint(),
+            });
+        }
+        Ok(Some(Binding {
+            host_key,
+            session_id: bind.session_id.clone(),
+            forwarding: bind.is_forwarding,
+        }))
+    }
+
+    fn hosts_for_key(&self, key: &Fingerprint) -> Vec<SshHost> {
+        let set: BTreeSet<&SshHost> = self
+            .grants
+            .iter()
+            .filter(|g| &g.key.fingerprint == key)
+            .map(|g| &g.host)
+            .collect();
+        set.into_iter().cloned().collect()
+    }
+
+    fn host_for(&self, key: &Fingerprint, host_key: &PublicKeyBlob) -> Option<SshHost> {
+        self.grants
+            .iter()
+            .find(|g| &g.key.fingerprint == key && g.host_keys.contains(host_key))
+            .map(|g| g.host.clone())
+    }
+}
+
+/// The fields of a publickey `SSH_MSG_USERAUTH_REQUEST` signature payload (RFC 4252 §7,
+/// OpenSSH `PROTOCOL` §2.5 for the host-bound variant) that the policy checks.
+#[derive(Debug)]
+struct UserAuth<'a> {
+    session_id: &'a [u8],
+    key: &'a [u8],
+    host_key: Option<&'a [u8]>,
+}
+
+const USERAUTH_REQUEST: u8 = 50;
+const PUBLICKEY: &[u8] = b"publickey";
+const PUBLICKEY_HOSTBOUND: &[u8] = b"publickey-hostbound-v00@openssh.com";
+
+impl<'a> UserAuth<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        let mut r = Reader::new(data);
+        let session_id = r.string("session id").ok()?;
+        if r.u8("message").ok()? != USERAUTH_REQUEST {
+            return None;
+        }
+        let _user = r.string("user").ok()?;
+        let _service = r.string("service").ok()?;
+        let method = r.string("method").ok()?;
+        if !r.bool("has signature").ok()? {
+            return None;
+        }
+        let _algorithm = r.string("algorithm").ok()?;
+        let key = r.string("key").ok()?;
+        let host_key = match method {
+            PUBLICKEY => None,
+            PUBLICKEY_HOSTBOUND => Some(r.string("host key").ok()?),
+            _ => return None,
+        };
+        r.finish("userauth request").ok()?;
+        // Never sign something that parses as a userauth request only by accident of a
+        // zero-length session identifier.
+        if session_id.is_empty() {
+            return None;
+        }
+        Some(Self {
+            session_id,
+            key,
+            host_key,
+        })
+    }
+}
+
+fn join(hosts: &[SshHost]) -> String {
+    hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use chrono::Utc;
+    use signature::Signer;
+    use ssh_key::private::Ed25519Keypair;
+
+    use super::*;
+    use crate::grants::GrantedKey;
+    use crate::wire::put_bool;
+    use crate::wire::put_string;
+
+    /// A deterministic Ed25519 key for tests.
+    pub(crate) struct TestKey(Ed25519Keypair);
+
+    impl TestKey {
+        pub(crate) fn new(seed: u8) -> Self {
+            Self(Ed25519Keypair::from_seed(&[seed; 32]))
+        }
+
+        pub(crate) fn blob(&self) -> PublicKeyBlob {
+            let public = ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey::from(&self.0));
+            PublicKeyBlob::from_bytes(public.to_bytes().expect("encode")).expect("blob")
+        }
+
+        pub(crate) fn sign(&self, data: &[u8]) -> Vec<u8> {
+            let sig: ssh_key::Signature = self.0.sign(data);
+            let mut out = Vec::new();
+            put_string(&mut out, b"ssh-ed25519");
+            put_string(&mut out, sig.as_bytes());
+            out
+        }
+
+        pub(crate) fn bind(&self, session_id: &[u8], is_forwarding: bool) -> SessionBind {
+            SessionBind {
+                host_key: self.blob().as_bytes().to_vec(),
+                session_id: session_id.to_vec(),
+                signature: self.sign(session_id),
+                is_forwarding,
+            }
+        }
+    }
+
+    pub(crate) fn grant(host: &str, user_key: &TestKey, host_keys: &[&TestKey]) -> SshGrant {
+        SshGrant {
+            host: host.parse().expect("host"),
+            key: GrantedKey {
+                fingerprint: user_key.blob().fingerprint(),
+                public_key: user_key.blob(),
+                comment: String::new(),
+            },
+            host_keys: host_keys.iter().map(|k| k.blob()).collect(),
+            created_at: Utc::now(),
+        }
+    }
+
+    pub(crate) fn userauth(
+        session_id: &[u8],
+        key: &PublicKeyBlob,
+        hostbound: Option<&PublicKeyBlob>,
+    ) -> Vec<u8> {
+        let mut data = Vec::new();
+        put_string(&mut data, session_id);
+        data.push(USERAUTH_REQUEST);
+        put_string(&mut data, b"git");
+        put_string(&mut data, b"ssh-connection");
+        put_string(
+            &mut data,
+            if hostbound.is_some() {
+                PUBLICKEY_HOSTBOUND
+            } else {
+                PUBLICKEY
+            },
+        );
+        put_bool(&mut data, true);
+        put_string(&mut data, key.algorithm().as_bytes());
+        put_string(&mut data, key.as_bytes());
+        if let Some(hk) = hostbound {
+            put_string(&mut data, hk.as_bytes());
+        }
+        data
+    }
+
+    fn sign_req(key: &TestKey, data: Vec<u8>) -> SignRequest {
+        SignRequest {
+            key: key.blob().as_bytes().to_vec(),
+            data,
+            flags: 0,
+        }
+    }
+
+    struct World {
+        user: TestKey,
+        other_user: TestKey,
+        github: TestKey,
+        gitlab: TestKey,
+    }
+
+    fn world() -> World {
+        World {
+            user: TestKey::new(1),
+            other_user: TestKey::new(2),
+            github: TestKey::new(3),
+            gitlab: TestKey::new(4),
+        }
+    }
+
+    fn policy(w: &World, options: PolicyOptions) -> Policy {
+        Policy::new(vec![grant("github.com", &w.user, &[&w.github])], options)
+    }
+
+    #[test]
+    fn bound_session_to_granted_host_is_allowed() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        p.bind(&mut s, &w.github.bind(b"sid-1", false))
+            .expect("bind");
+        let req = sign_req(&w.user, userauth(b"sid-1", &w.user.blob(), None));
+        let allowed = p.authorize(&s, &req).expect("allowed");
+        assert_eq!(allowed.host.host(), "github.com");
+        assert!(allowed.bound);
+        // The host-bound userauth variant naming the bound host key is allowed too.
+        let req = sign_req(
+            &w.user,
+            userauth(b"sid-1", &w.user.blob(), Some(&w.github.blob())),
+        );
+        assert!(p.authorize(&s, &req).is_ok());
+    }
+
+    #[test]
+    fn bound_to_another_host_is_denied_with_the_host_key() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        p.bind(&mut s, &w.gitlab.bind(b"sid", false))
+            .expect("bind is genuine");
+        let req = sign_req(&w.user, userauth(b"sid", &w.user.blob(), None));
+        let denial = p.authorize(&s, &req).expect_err("denied");
+        assert!(
+            matches!(&denial, SignDenial::HostNotGranted { host_key, .. } if *host_key == w.gitlab.blob().fingerprint())
+        );
+        assert!(denial.to_string().contains("github.com"));
+    }
+
+    #[test]
+    fn forged_binding_is_refused_and_poisons_the_connection() {
+        let w = world();
+        let p = policy(
+            &w,
+            PolicyOptions {
+                dangerous_allow_unbound_sessions: true,
+            },
+        );
+        let mut s = Session::default();
+        // Claims github's host key but the signature is by gitlab's key.
+        let mut forged = w.github.bind(b"sid", false);
+        forged.signature = w.gitlab.sign(b"sid");
+        assert!(matches!(
+            p.bind(&mut s, &forged),
+            Err(BindRefusal::BadSignature { .. })
+        ));
+        let req = sign_req(&w.user, userauth(b"sid", &w.user.blob(), None));
+        // Even with unbound sessions allowed, a connection that failed to bind gets nothing.
+        assert_eq!(p.authorize(&s, &req), Err(SignDenial::Poisoned));
+    }
+
+    #[test]
+    fn signature_over_other_session_id_is_refused() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        let mut bind = w.github.bind(b"sid-a", false);
+        bind.session_id = b"sid-b".to_vec();
+        assert!(p.bind(&mut s, &bind).is_err());
+    }
+
+    #[test]
+    fn userauth_for_another_session_is_refused() {
+        // The attack session binding defeats: bind to github.com, then ask for a signature
+        // usable in a session with another server that trusts the same key.
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        p.bind(&mut s, &w.github.bind(b"github-session", false))
+            .expect("bind");
+        let req = sign_req(&w.user, userauth(b"gitlab-session", &w.user.blob(), None));
+        assert_eq!(p.authorize(&s, &req), Err(SignDenial::SessionMismatch));
+        let req = sign_req(
+            &w.user,
+            userauth(b"github-session", &w.user.blob(), Some(&w.gitlab.blob())),
+        );
+        assert_eq!(p.authorize(&s, &req), Err(SignDenial::HostKeyMismatch));
+    }
+
+    #[test]
+    fn non_userauth_data_and_mismatched_keys_are_refused() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        p.bind(&mut s, &w.github.bind(b"sid", false)).expect("bind");
+        assert_eq!(
+            p.authorize(&s, &sign_req(&w.user, b"arbitrary bytes".to_vec())),
+            Err(SignDenial::NotUserAuth)
+        );
+        let mut data = userauth(b"sid", &w.user.blob(), None);
+        data.push(0);
+        assert_eq!(
+            p.authorize(&s, &sign_req(&w.user, data)),
+            Err(SignDenial::NotUserAuth)
+        );
+        let req = sign_req(&w.user, userauth(b"sid", &w.other_user.blob(), None));
+        assert_eq!(p.authorize(&s, &req), Err(SignDenial::KeyMismatch));
+        // Every truncation of a valid payload is refused, never a panic.
+        let data = userauth(b"sid", &w.user.blob(), None);
+        for len in 0..data.len() {
+            let req = sign_req(&w.user, data.get(..len).expect("prefix").to_vec());
+            assert_eq!(p.authorize(&s, &req), Err(SignDenial::NotUserAuth));
+        }
+    }
+
+    #[test]
+    fn ungranted_key_is_refused_even_when_bound() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        p.bind(&mut s, &w.github.bind(b"sid", false)).expect("bind");
+        let req = sign_req(&w.other_user, userauth(b"sid", &w.other_user.blob(), None));
+        assert!(matches!(
+            p.authorize(&s, &req),
+            Err(SignDenial::KeyNotGranted { .. })
+        ));
+    }
+
+    #[test]
+    fn unbound_sessions_need_opt_in_and_a_single_host() {
+        let w = world();
+        let req = sign_req(&w.user, userauth(b"sid", &w.user.blob(), None));
+        let strict = policy(&w, PolicyOptions::default());
+        assert_eq!(
+            strict.authorize(&Session::default(), &req),
+            Err(SignDenial::Unbound)
+        );
+        let lax = policy(
+            &w,
+            PolicyOptions {
+                dangerous_allow_unbound_sessions: true,
+            },
+        );
+        let allowed = lax.authorize(&Session::default(), &req).expect("allowed");
+        assert_eq!((allowed.host.host(), allowed.bound), ("github.com", false));
+        let two_hosts = Policy::new(
+            vec![
+                grant("github.com", &w.user, &[&w.github]),
+                grant("gitlab.com", &w.user, &[&w.gitlab]),
+            ],
+            PolicyOptions {
+                dangerous_allow_unbound_sessions: true,
+            },
+        );
+        assert!(matches!(
+            two_hosts.authorize(&Session::default(), &req),
+            Err(SignDenial::UnboundAmbiguous { hosts, .. }) if hosts.len() == 2
+        ));
+    }
+
+    #[test]
+    fn forwarding_rules() {
+        let w = world();
+        let both = Policy::new(
+            vec![
+                grant("github.com", &w.user, &[&w.github]),
+                grant("gitlab.com", &w.user, &[&w.gitlab]),
+            ],
+            PolicyOptions::default(),
+        );
+        // Forwarded through gitlab (granted) and then logging in to github: allowed.
+        let mut s = Session::default();
+        both.bind(&mut s, &w.gitlab.bind(b"hop", true))
+            .expect("forward to granted host");
+        let req = sign_req(&w.user, userauth(b"hop", &w.user.blob(), None));
+        assert!(matches!(
+            both.authorize(&s, &req),
+            Err(SignDenial::ForwardingSession { .. })
+        ));
+        both.bind(&mut s, &w.github.bind(b"final", false))
+            .expect("bind final");
+        let req = sign_req(&w.user, userauth(b"final", &w.user.blob(), None));
+        assert!(both.authorize(&s, &req).is_ok());
+        // After a final binding no further session may be bound on the connection.
+        assert_eq!(
+            both.bind(&mut s, &w.gitlab.bind(b"another", false)),
+            Err(BindRefusal::AlreadyBound)
+        );
+
+        // Forwarding to a host no grant names is refused and poisons the connection.
+        let one = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        assert!(matches!(
+            one.bind(&mut s, &w.gitlab.bind(b"hop", true)),
+            Err(BindRefusal::ForwardingToUngranted { .. })
+        ));
+        one.bind(&mut s, &w.github.bind(b"final", false))
+            .expect_err("connection already failed once");
+        let req = sign_req(&w.user, userauth(b"final", &w.user.blob(), None));
+        assert_eq!(one.authorize(&s, &req), Err(SignDenial::Poisoned));
+    }
+
+    #[test]
+    fn forwarded_through_host_granted_only_for_another_key() {
+        let w = world();
+        let p = Policy::new(
+            vec![
+                grant("github.com", &w.user, &[&w.github]),
+                grant("gitlab.com", &w.other_user, &[&w.gitlab]),
+            ],
+            PolicyOptions::default(),
+        );
+        let mut s = Session::default();
+        p.bind(&mut s, &w.gitlab.bind(b"hop", true))
+            .expect("gitlab is granted (for other key)");
+        p.bind(&mut s, &w.github.bind(b"final", false))
+            .expect("bind");
+        let req = sign_req(&w.user, userauth(b"final", &w.user.blob(), None));
+        assert!(matches!(
+            p.authorize(&s, &req),
+            Err(SignDenial::ForwardedThroughUngranted { .. })
+        ));
+    }
+
+    #[test]
+    fn rebinding_the_same_session_is_idempotent_and_bindings_are_limited() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        p.bind(&mut s, &w.github.bind(b"sid", false)).expect("bind");
+        p.bind(&mut s, &w.github.bind(b"sid", false))
+            .expect("same binding again");
+        assert_eq!(s.bindings.len(), 1);
+
+        let mut s = Session::default();
+        for i in 0..MAX_BINDINGS {
+            p.bind(
+                &mut s,
+                &w.github.bind(&[u8::try_from(i).expect("small"); 8], true),
+            )
+            .expect("hop");
+        }
+        assert_eq!(
+            p.bind(&mut s, &w.github.bind(b"one too many", true)),
+            Err(BindRefusal::TooMany)
+        );
+    }
+
+    #[test]
+    fn malformed_host_key_is_refused() {
+        let w = world();
+        let p = policy(&w, PolicyOptions::default());
+        let mut s = Session::default();
+        let mut bind = w.github.bind(b"sid", false);
+        bind.host_key = vec![0, 0, 0, 9, 1];
+        assert_eq!(p.bind(&mut s, &bind), Err(BindRefusal::BadHostKey));
+        let mut s = Session::default();
+        let mut bind = w.github.bind(b"sid", false);
+        bind.signature = vec![0xff; 3];
+        assert!(matches!(
+            p.bind(&mut s, &bind),
+            Err(BindRefusal::BadSignature { .. })
+        ));
+    }
+}
