@@ -307,8 +307,13 @@ impl Connection {
             let body = match read_frame(&mut stream, MAX_MESSAGE_LEN).await {
                 Ok(Some(body)) => body,
                 Ok(None) | Err(FrameError::Io { .. }) => return,
-                Err(e @ (FrameError::TooLong { .. } | FrameError::Truncated)) => {
-                    refuse(&self.shared, self.id, "malformed", &e.to_string());
+                Err(e @ FrameError::Truncated) => {
+                    // The client hung up mid-message; there is nobody to answer.
+                    self.refuse("malformed", &e.to_string());
+                    return;
+                }
+                Err(e @ FrameError::TooLong { .. }) => {
+                    self.refuse("malformed", &e.to_string());
                     // The stream cannot be resynchronised; say no once and hang up.
                     let _ = write_frame(&mut stream, &Response::Failure.encode()).await;
                     return;

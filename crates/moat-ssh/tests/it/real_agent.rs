@@ -1,0 +1,407 @@
+//! The proxy in front of a real OpenSSH `ssh-agent`, driven by the real `ssh-add` and by
+//! hand-built session bindings signed with real host keys.
+
+use std::ffi::OsStr;
+
+use moat_ssh::KnownHosts;
+use moat_ssh::SshEvent;
+use moat_ssh::SshGrant;
+use moat_ssh::event::Decision;
+use moat_ssh::grants::KeySelector;
+use moat_ssh::grants::build_grant;
+use moat_ssh::protocol::Response;
+use moat_ssh::protocol::SignRequest;
+use moat_ssh::protocol::sign_flags;
+use moat_ssh::protocol::signature_algorithm;
+
+use crate::support::KeyFile;
+use crate::support::RealAgent;
+use crate::support::TIMEOUT;
+use crate::support::random_session_id;
+use crate::support::session_bind;
+use crate::support::ssh_add;
+use crate::support::start_proxy;
+use crate::support::userauth;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    user_agent: RealAgent,
+    host_agent: RealAgent,
+    user_ed: KeyFile,
+    user_rsa: KeyFile,
+    github_host: KeyFile,
+    other_host: KeyFile,
+    known_hosts: KnownHosts,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user_agent = RealAgent::start(dir.path(), "user-agent.sock").await;
+    let host_agent = RealAgent::start(dir.path(), "host-agent.sock").await;
+    let user_ed = KeyFile::generate(dir.path(), "user_ed25519", "ed25519").await;
+    let user_rsa = KeyFile::generate(dir.path(), "user_rsa", "rsa").await;
+    let github_host = KeyFile::generate(dir.path(), "github_host", "ed25519").await;
+    let other_host = KeyFile::generate(dir.path(), "other_host", "ed25519").await;
+    user_agent.add(&user_ed).await;
+    user_agent.add(&user_rsa).await;
+    host_agent.add(&github_host).await;
+    host_agent.add(&other_host).await;
+    let known_hosts = KnownHosts::parse(&format!(
+        "github.test {}\nother.test {}\n",
+        github_host.openssh(),
+        other_host.openssh()
+    ));
+    Fixture {
+        dir,
+        user_agent,
+        host_agent,
+        user_ed,
+        user_rsa,
+        github_host,
+        other_host,
+        known_hosts,
+    }
+}
+
+async fn grant(f: &Fixture, host: &str, key: &KeyFile) -> SshGrant {
+    let identities = f
+        .user_agent
+        .client()
+        .await
+        .list_identities()
+        .await
+        .expect("list");
+    assert_eq!(identities.len(), 2, "the user's agent holds both keys");
+    let selector = KeySelector::Fingerprint(key.public.fingerprint());
+    build_grant(
+        host.parse().expect("host"),
+        &identities,
+        Some(&selector),
+        &f.known_hosts,
+    )
+    .expect("grant")
+}
+
+fn sign_events(events: &[SshEvent]) -> Vec<(Decision, Option<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            SshEvent::Sign(s) => Some((s.decision, s.host.as_ref().map(ToString::to_string))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ssh_add_lists_only_the_granted_key() {
+    let f = fixture().await;
+    let grants = vec![grant(&f, "github.test", &f.user_ed).await];
+    let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, grants).await;
+    assert!(proxy.missing_keys().is_empty());
+
+    let out = ssh_add(proxy.socket_path(), &[OsStr::new("-l")]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ssh-add -l failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "exactly one key listed: {stdout}"
+    );
+    assert!(
+        stdout.contains(f.user_ed.public.fingerprint().as_str()),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(f.user_rsa.public.fingerprint().as_str()),
+        "{stdout}"
+    );
+
+    let events = sink.events();
+    let SshEvent::List(list) = events.first().expect("one event") else {
+        panic!("not a list: {events:?}")
+    };
+    assert_eq!(list.decision, Decision::Allowed);
+    assert_eq!(list.listed, vec![f.user_ed.public.fingerprint()]);
+    assert_eq!(list.hidden, 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bound_session_signs_and_other_host_is_refused() {
+    let f = fixture().await;
+    let grants = vec![grant(&f, "github.test", &f.user_ed).await];
+    let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, grants).await;
+
+    // A session bound to github.test's host key: the signature is returned and verifies.
+    let sid = random_session_id(1);
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let bind = session_bind(&f.host_agent, &f.github_host, &sid, false).await;
+    assert_eq!(
+        Response::parse(&conn.call(&bind).await.expect("bind")),
+        Ok(Response::Success)
+    );
+    let data = userauth(&sid, &f.user_ed.public, "ssh-ed25519");
+    let request = SignRequest {
+        key: f.user_ed.public.as_bytes().to_vec(),
+        data: data.clone(),
+        flags: 0,
+    };
+    let signature = conn
+        .sign(&request)
+        .await
+        .expect("signed for the granted host");
+    f.user_ed
+        .public
+        .verify(&data, &signature)
+        .expect("signature verifies with the user's public key");
+
+    // The same key, bound to another host's (genuine) host key: refused.
+    let sid = random_session_id(2);
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let bind = session_bind(&f.host_agent, &f.other_host, &sid, false).await;
+    assert_eq!(
+        Response::parse(&conn.call(&bind).await.expect("bind")),
+        Ok(Response::Success)
+    );
+    let request = SignRequest {
+        key: f.user_ed.public.as_bytes().to_vec(),
+        data: userauth(&sid, &f.user_ed.public, "ssh-ed25519"),
+        flags: 0,
+    };
+    let refused = conn
+        .sign(&request)
+        .await
+        .expect_err("refused for another host");
+    assert!(
+        matches!(refused, moat_ssh::AgentError::Refused { .. }),
+        "{refused:?}"
+    );
+
+    // A binding whose signature is not by the claimed host key is refused outright.
+    let sid = random_session_id(3);
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let mut forged = session_bind(&f.host_agent, &f.other_host, &sid, false).await;
+    let genuine_key = f.other_host.public.as_bytes();
+    let claimed_key = f.github_host.public.as_bytes();
+    let at = forged
+        .windows(genuine_key.len())
+        .position(|w| w == genuine_key)
+        .expect("host key in bind");
+    forged.splice(at..at + genuine_key.len(), claimed_key.iter().copied());
+    assert_eq!(
+        Response::parse(&conn.call(&forged).await.expect("bind")),
+        Ok(Response::Failure)
+    );
+
+    // Never bound (an old client): refused by default.
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let request = SignRequest {
+        key: f.user_ed.public.as_bytes().to_vec(),
+        data: userauth(&random_session_id(4), &f.user_ed.public, "ssh-ed25519"),
+        flags: 0,
+    };
+    conn.sign(&request)
+        .await
+        .expect_err("unbound session refused");
+
+    // The ungranted RSA key cannot sign even on a session bound to the granted host.
+    let sid = random_session_id(5);
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let bind = session_bind(&f.host_agent, &f.github_host, &sid, false).await;
+    conn.call(&bind).await.expect("bind");
+    let request = SignRequest {
+        key: f.user_rsa.public.as_bytes().to_vec(),
+        data: userauth(&sid, &f.user_rsa.public, "rsa-sha2-256"),
+        flags: sign_flags::RSA_SHA2_256,
+    };
+    conn.sign(&request)
+        .await
+        .expect_err("ungranted key refused");
+
+    let events = sink.events();
+    assert_eq!(
+        sign_events(&events),
+        vec![
+            (Decision::Allowed, Some("github.test".to_owned())),
+            (Decision::Denied, None),
+            (Decision::Denied, None),
+            (Decision::Denied, Some("github.test".to_owned())),
+        ]
+    );
+    let denied_other = events
+        .iter()
+        .find_map(|e| match e {
+            SshEvent::Sign(s) if s.decision == Decision::Denied && s.bound => Some(s.clone()),
+            _ => None,
+        })
+        .expect("denied bound sign");
+    assert_eq!(
+        denied_other.host_key,
+        Some(f.other_host.public.fingerprint())
+    );
+    assert!(
+        denied_other
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("github.test")),
+        "{denied_other:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SshEvent::Refused(r) if r.request == "session_bind")),
+        "forged binding is an event"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn rsa_signature_flags_are_preserved() {
+    let f = fixture().await;
+    let grants = vec![grant(&f, "github.test", &f.user_rsa).await];
+    let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, grants).await;
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let sid = random_session_id(6);
+    conn.call(&session_bind(&f.host_agent, &f.github_host, &sid, false).await)
+        .await
+        .expect("bind");
+
+    for (flags, algorithm) in [
+        (sign_flags::RSA_SHA2_256, "rsa-sha2-256"),
+        (sign_flags::RSA_SHA2_512, "rsa-sha2-512"),
+    ] {
+        let data = userauth(&sid, &f.user_rsa.public, algorithm);
+        let request = SignRequest {
+            key: f.user_rsa.public.as_bytes().to_vec(),
+            data: data.clone(),
+            flags,
+        };
+        let signature = conn.sign(&request).await.expect("rsa signs");
+        assert_eq!(signature_algorithm(&signature), Some(algorithm));
+        f.user_rsa
+            .public
+            .verify(&data, &signature)
+            .expect("rsa signature verifies");
+    }
+    let algorithms: Vec<Option<String>> = sink
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            SshEvent::Sign(s) => Some(s.signature_algorithm.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        algorithms,
+        vec![
+            Some("rsa-sha2-256".to_owned()),
+            Some("rsa-sha2-512".to_owned())
+        ]
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn add_remove_and_lock_are_refused_and_never_reach_the_agent() {
+    let f = fixture().await;
+    let grants = vec![grant(&f, "github.test", &f.user_ed).await];
+    let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, grants).await;
+    let extra = KeyFile::generate(f.dir.path(), "extra", "ed25519").await;
+
+    let add = ssh_add(proxy.socket_path(), &[extra.private.as_os_str()]).await;
+    assert!(
+        !add.status.success(),
+        "ssh-add KEY must fail through the proxy"
+    );
+    let pub_path = f.user_ed.private.with_extension("pub");
+    let remove = ssh_add(
+        proxy.socket_path(),
+        &[OsStr::new("-d"), pub_path.as_os_str()],
+    )
+    .await;
+    assert!(
+        !remove.status.success(),
+        "ssh-add -d must fail through the proxy"
+    );
+    let remove_all = ssh_add(proxy.socket_path(), &[OsStr::new("-D")]).await;
+    assert!(
+        !remove_all.status.success(),
+        "ssh-add -D must fail through the proxy"
+    );
+
+    // Lock and unlock carry a passphrase; ssh-add would prompt for it, so send them raw.
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    for number in [22_u8, 23] {
+        let mut body = vec![number];
+        moat_ssh::wire::put_string(&mut body, b"passphrase");
+        assert_eq!(
+            Response::parse(&conn.call(&body).await.expect("call")),
+            Ok(Response::Failure)
+        );
+    }
+    // An unknown extension is refused too.
+    let mut query = vec![27];
+    moat_ssh::wire::put_string(&mut query, b"query");
+    assert_eq!(
+        Response::parse(&conn.call(&query).await.expect("call")),
+        Ok(Response::Failure)
+    );
+
+    // The user's agent is untouched: still unlocked, still exactly the two original keys.
+    let held = f
+        .user_agent
+        .client()
+        .await
+        .list_identities()
+        .await
+        .expect("agent still answers");
+    let mut held: Vec<_> = held.iter().map(|id| id.key.fingerprint()).collect();
+    held.sort();
+    let mut expected = vec![
+        f.user_ed.public.fingerprint(),
+        f.user_rsa.public.fingerprint(),
+    ];
+    expected.sort();
+    assert_eq!(held, expected);
+
+    let refused: Vec<String> = sink
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            SshEvent::Refused(r) => Some(r.request.clone()),
+            _ => None,
+        })
+        .collect();
+    for request in [
+        "add_identity",
+        "remove_identity",
+        "remove_all_identities",
+        "lock",
+        "unlock",
+        "extension:query",
+    ] {
+        assert!(
+            refused.iter().any(|r| r == request),
+            "no refused event for {request}: {refused:?}"
+        );
+    }
+    proxy.shutdown().await;
+}
