@@ -5,4 +5,5 @@
 mod hostile;
 mod known_hosts;
 mod real_agent;
+mod ssh_client;
 mod support;
