@@ -9,9 +9,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use chrono::DateTime;
 use chrono::Utc;
+use nix::fcntl::Flock;
+use nix::fcntl::FlockArg;
 
 use crate::key::Fingerprint;
 use crate::key::FingerprintError;
@@ -20,6 +24,7 @@ use crate::key::PublicKeyBlob;
 use crate::known_hosts::KnownHosts;
 use crate::known_hosts::SshHost;
 use crate::known_hosts::SshHostError;
+use crate::known_hosts::render_known_hosts_lines;
 use crate::protocol::Identity;
 
 /// The prefix of SSH grant names: `ssh:github.com`.
@@ -62,6 +67,15 @@ impl SshGrant {
 /// The grant name for a destination: `ssh:<host>` (`ssh:[host]:port` off port 22).
 pub fn grant_name(host: &SshHost) -> String {
     format!("{GRANT_PREFIX}{host}")
+}
+
+/// `known_hosts` lines pinning the host keys of `grants`, for the container's SSH client
+/// (e.g. `/etc/ssh/ssh_known_hosts`), so it trusts exactly the keys the grants were made for.
+pub fn known_hosts_for(grants: &[SshGrant]) -> String {
+    grants
+        .iter()
+        .map(|g| render_known_hosts_lines(&g.host, &g.host_keys))
+        .collect()
 }
 
 /// Parses a grant name `ssh:<host>` into its destination.
@@ -253,6 +267,14 @@ pub enum GrantStoreError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The lock file could not be created or locked.
+    #[error("cannot lock ssh grants at {}: {source}; check that the directory exists and is writable", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A run asked for a grant that does not exist.
     #[error("no ssh grant for `{host}`; run `moat grant ssh --host {host}` first")]
     Missing {
@@ -294,6 +316,7 @@ impl SshGrantStore {
 
     /// Records `grant`, replacing any grant for the same host; returns the replaced one.
     pub fn upsert(&self, grant: SshGrant) -> Result<Option<SshGrant>, GrantStoreError> {
+        let _lock = self.lock()?;
         let mut file = self.read()?;
         let replaced = match file.grants.iter().position(|g| g.host == grant.host) {
             Some(index) => Some(std::mem::replace(&mut file.grants[index], grant)),
@@ -308,6 +331,7 @@ impl SshGrantStore {
 
     /// Removes the grant for `host`; returns it, or `None` if there was none.
     pub fn remove(&self, host: &SshHost) -> Result<Option<SshGrant>, GrantStoreError> {
+        let _lock = self.lock()?;
         let mut file = self.read()?;
         let Some(index) = file.grants.iter().position(|g| &g.host == host) else {
             return Ok(None);
@@ -330,6 +354,27 @@ impl SshGrantStore {
                     .ok_or_else(|| GrantStoreError::Missing { host: host.clone() })
             })
             .collect()
+    }
+
+    /// Serialises read-modify-write cycles between processes (two `moat grant ssh` at once)
+    /// with an advisory lock on `<file>.lock`; readers need none because writes are atomic.
+    fn lock(&self) -> Result<Flock<fs::File>, GrantStoreError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock_err = |source| GrantStoreError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_err(std::io::Error::from(errno)))
     }
 
     fn read(&self) -> Result<GrantFile, GrantStoreError> {
@@ -386,7 +431,9 @@ impl SshGrantStore {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+        let unique = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file_name}.tmp-{}-{unique}", std::process::id()));
         let result = (|| {
             let mut out = fs::OpenOptions::new()
                 .write(true)
@@ -529,6 +576,40 @@ mod tests {
             None
         );
         assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn concurrent_upserts_keep_every_grant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ssh.json");
+        let only = ids().into_iter().take(1).collect::<Vec<_>>();
+        let known = KnownHosts::parse(&format!("* {ED}\n"));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (path, only, known) = (path.clone(), only.clone(), known.clone());
+                std::thread::spawn(move || {
+                    let grant = build_grant(host(&format!("h{i}.test")), &only, None, &known)
+                        .expect("grant");
+                    SshGrantStore::new(path).upsert(grant).expect("upsert");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(SshGrantStore::new(path).list().expect("list").len(), 8);
+    }
+
+    #[test]
+    fn known_hosts_for_pins_every_grant() {
+        let only = &ids()[..1];
+        let known = KnownHosts::parse(&format!("github.com,[h]:2222 {ED}\n"));
+        let a = build_grant(host("github.com"), only, None, &known).expect("a");
+        let b = build_grant(host("h:2222"), only, None, &known).expect("b");
+        assert_eq!(
+            known_hosts_for(&[a, b]),
+            format!("github.com {ED}\n[h]:2222 {ED}\n")
+        );
     }
 
     #[test]

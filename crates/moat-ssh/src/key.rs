@@ -68,6 +68,11 @@ pub enum VerifyError {
         /// The signature algorithm.
         signature: String,
     },
+    /// A legacy `ssh-rsa` signature, which uses SHA-1.
+    #[error(
+        "ssh-rsa (SHA-1) signatures are not accepted; the server must sign with rsa-sha2-256 or rsa-sha2-512"
+    )]
+    LegacySha1,
     /// The signature is well formed but wrong.
     #[error("signature does not verify against the host key")]
     BadSignature,
@@ -130,6 +135,9 @@ impl PublicKeyBlob {
     ///
     /// Legacy `ssh-rsa` (SHA-1) signatures are not accepted.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        if Reader::new(signature).utf8("signature algorithm") == Ok("ssh-rsa") {
+            return Err(VerifyError::LegacySha1);
+        }
         let key =
             ssh_key::PublicKey::from_bytes(&self.0).map_err(|_| VerifyError::UnsupportedKey {
                 algorithm: self.algorithm().to_owned(),

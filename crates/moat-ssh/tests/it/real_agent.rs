@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 
+use moat_ssh::AgentClient;
 use moat_ssh::KnownHosts;
 use moat_ssh::SshEvent;
 use moat_ssh::SshGrant;
@@ -19,6 +20,7 @@ use crate::support::RealAgent;
 use crate::support::TIMEOUT;
 use crate::support::random_session_id;
 use crate::support::session_bind;
+use crate::support::session_bind_with_flags;
 use crate::support::ssh_add;
 use crate::support::start_proxy;
 use crate::support::userauth;
@@ -403,5 +405,157 @@ async fn add_remove_and_lock_are_refused_and_never_reach_the_agent() {
             "no refused event for {request}: {refused:?}"
         );
     }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bindings_verify_for_every_host_key_type() {
+    let f = fixture().await;
+    let mut hosts = Vec::new();
+    for (name, kind) in [
+        ("rsa", "rsa"),
+        ("p256", "ecdsa"),
+        ("p384", "ecdsa384"),
+        ("p521", "ecdsa521"),
+    ] {
+        let key = KeyFile::generate(f.dir.path(), &format!("host_{name}"), kind).await;
+        f.host_agent.add(&key).await;
+        hosts.push((format!("{name}.test"), key));
+    }
+    let known_text: String = hosts
+        .iter()
+        .map(|(host, key)| format!("{host} {}\n", key.openssh()))
+        .collect();
+    let known = KnownHosts::parse(&known_text);
+    let identities = f
+        .user_agent
+        .client()
+        .await
+        .list_identities()
+        .await
+        .expect("list");
+    let selector = KeySelector::Fingerprint(f.user_ed.public.fingerprint());
+    let grants = hosts
+        .iter()
+        .map(|(host, _)| {
+            build_grant(
+                host.parse().expect("host"),
+                &identities,
+                Some(&selector),
+                &known,
+            )
+            .expect("grant")
+        })
+        .collect();
+    let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, grants).await;
+
+    // RSA host keys sign with rsa-sha2-512 as OpenSSH servers do; the rest ignore flags.
+    for (index, (host, key)) in hosts.iter().enumerate() {
+        let sid = random_session_id(10 + u8::try_from(index).expect("small"));
+        let mut conn = AgentClient::connect(proxy.socket_path(), TIMEOUT)
+            .await
+            .expect("connect");
+        let bind =
+            session_bind_with_flags(&f.host_agent, key, &sid, false, sign_flags::RSA_SHA2_512)
+                .await;
+        let reply = Response::parse(&conn.call(&bind).await.expect("bind"));
+        assert_eq!(
+            reply,
+            Ok(Response::Success),
+            "binding with a {host} host key"
+        );
+        let data = userauth(&sid, &f.user_ed.public, "ssh-ed25519");
+        let request = SignRequest {
+            key: f.user_ed.public.as_bytes().to_vec(),
+            data: data.clone(),
+            flags: 0,
+        };
+        let signature = conn.sign(&request).await.expect("signed");
+        f.user_ed
+            .public
+            .verify(&data, &signature)
+            .expect("verifies");
+    }
+    let allowed: Vec<String> = sink
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            SshEvent::Sign(s) if s.decision == Decision::Allowed => {
+                s.host.as_ref().map(ToString::to_string)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(allowed, ["rsa.test", "p256.test", "p384.test", "p521.test"]);
+
+    // Legacy ssh-rsa (SHA-1) host signatures are not accepted as proof of the host.
+    let sid = random_session_id(20);
+    let mut conn = AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let (_, rsa_host) = hosts.first().expect("rsa host");
+    let bind = session_bind_with_flags(&f.host_agent, rsa_host, &sid, false, 0).await;
+    assert_eq!(
+        Response::parse(&conn.call(&bind).await.expect("bind")),
+        Ok(Response::Failure)
+    );
+    assert!(
+        sink.events().iter().any(|e| matches!(
+            e,
+            SshEvent::Refused(r) if r.request == "session_bind" && r.reason.contains("SHA-1")
+        )),
+        "{:?}",
+        sink.events()
+    );
+    proxy.shutdown().await;
+}
+
+/// A sink whose log is unavailable.
+struct BrokenSink;
+
+impl moat_ssh::SshEventSink for BrokenSink {
+    fn record(&self, _event: &SshEvent) -> Result<(), moat_ssh::event::SshSinkError> {
+        Err(moat_ssh::event::SshSinkError {
+            source: "audit log is read-only".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_listed_or_signed_when_events_cannot_be_recorded() {
+    let f = fixture().await;
+    let grants = vec![grant(&f, "github.test", &f.user_ed).await];
+    let config = moat_ssh::AgentProxyConfig::new(
+        f.dir.path().join("proxy.sock"),
+        &f.user_agent.socket,
+        grants,
+    );
+    let proxy = moat_ssh::AgentProxy::start(config, std::sync::Arc::new(BrokenSink))
+        .await
+        .expect("start");
+    let mut conn = AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let listed = conn.list_identities().await;
+    assert!(
+        matches!(listed, Err(moat_ssh::AgentError::Refused { .. })),
+        "{listed:?}"
+    );
+    let sid = random_session_id(30);
+    let bind = session_bind(&f.host_agent, &f.github_host, &sid, false).await;
+    assert_eq!(
+        Response::parse(&conn.call(&bind).await.expect("bind")),
+        Ok(Response::Success)
+    );
+    let request = SignRequest {
+        key: f.user_ed.public.as_bytes().to_vec(),
+        data: userauth(&sid, &f.user_ed.public, "ssh-ed25519"),
+        flags: 0,
+    };
+    let signed = conn.sign(&request).await;
+    assert!(
+        matches!(signed, Err(moat_ssh::AgentError::Refused { .. })),
+        "{signed:?}"
+    );
     proxy.shutdown().await;
 }

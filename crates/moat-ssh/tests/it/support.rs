@@ -78,13 +78,18 @@ pub(crate) struct KeyFile {
 }
 
 impl KeyFile {
+    /// `kind` is an `ssh-keygen -t` type, or `ecdsa384` / `ecdsa521` for those curves.
     pub(crate) async fn generate(dir: &Path, name: &str, kind: &str) -> Self {
         let private = dir.join(name);
         let mut cmd = Command::new("/usr/bin/ssh-keygen");
-        cmd.args(["-q", "-N", "", "-C", name, "-t", kind]);
-        if kind == "rsa" {
-            cmd.args(["-b", "2048"]);
-        }
+        cmd.args(["-q", "-N", "", "-C", name]);
+        let type_args: &[&str] = match kind {
+            "rsa" => &["-t", "rsa", "-b", "2048"],
+            "ecdsa384" => &["-t", "ecdsa", "-b", "384"],
+            "ecdsa521" => &["-t", "ecdsa", "-b", "521"],
+            other => &["-t", other],
+        };
+        cmd.args(type_args);
         let out = cmd
             .arg("-f")
             .arg(&private)
@@ -128,12 +133,23 @@ pub(crate) async fn session_bind(
     session_id: &[u8],
     forwarding: bool,
 ) -> Vec<u8> {
+    session_bind_with_flags(host_agent, host_key, session_id, forwarding, 0).await
+}
+
+/// Like [`session_bind`], with signature flags for RSA host keys (`ssh-rsa` SHA-1 when 0).
+pub(crate) async fn session_bind_with_flags(
+    host_agent: &RealAgent,
+    host_key: &KeyFile,
+    session_id: &[u8],
+    forwarding: bool,
+    flags: u32,
+) -> Vec<u8> {
     let mut client = host_agent.client().await;
     let signature = client
         .sign(&SignRequest {
             key: host_key.public.as_bytes().to_vec(),
             data: session_id.to_vec(),
-            flags: 0,
+            flags,
         })
         .await
         .expect("host key signs the session id");
