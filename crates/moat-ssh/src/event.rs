@@ -4,10 +4,20 @@
 //! The embedder adapts [`SshEventSink`] to its audit log; the proxy fails closed: when the sink
 //! cannot record an event, the client gets `SSH_AGENT_FAILURE` instead of the answer.
 
+use std::sync::Arc;
 use std::sync::Mutex;
+
+use moat_core::audit::AuditSink;
 
 use crate::key::Fingerprint;
 use crate::known_hosts::SshHost;
+
+/// Audit event type of an identity listing.
+pub const SSH_LIST: &str = "ssh.list";
+/// Audit event type of a sign request.
+pub const SSH_SIGN: &str = "ssh.sign";
+/// Audit event type of a refused request.
+pub const SSH_REFUSED: &str = "ssh.refused";
 
 /// Receives proxy events. Calls are synchronous and expected to be quick (a local append).
 pub trait SshEventSink: Send + Sync {
@@ -54,9 +64,9 @@ impl SshEvent {
     /// The audit event type: `ssh.list`, `ssh.sign` or `ssh.refused`.
     pub fn event_type(&self) -> &'static str {
         match self {
-            Self::List(_) => "ssh.list",
-            Self::Sign(_) => "ssh.sign",
-            Self::Refused(_) => "ssh.refused",
+            Self::List(_) => SSH_LIST,
+            Self::Sign(_) => SSH_SIGN,
+            Self::Refused(_) => SSH_REFUSED,
         }
     }
 
@@ -132,6 +142,30 @@ pub struct RefusedEvent {
     pub reason: String,
 }
 
+/// Records proxy events in a moat audit log: type [`SshEvent::event_type`], data
+/// [`SshEvent::to_json`].
+#[derive(Debug)]
+pub struct AuditEventSink<A: ?Sized> {
+    audit: Arc<A>,
+}
+
+impl<A: AuditSink + ?Sized> AuditEventSink<A> {
+    /// Wraps the run's audit sink.
+    pub fn new(audit: Arc<A>) -> Self {
+        Self { audit }
+    }
+}
+
+impl<A: AuditSink + ?Sized> SshEventSink for AuditEventSink<A> {
+    fn record(&self, event: &SshEvent) -> Result<(), SshSinkError> {
+        self.audit
+            .append(event.event_type(), event.to_json())
+            .map_err(|e| SshSinkError {
+                source: Box::new(e),
+            })
+    }
+}
+
 /// A sink that keeps events in memory, for tests and embedders that poll.
 #[derive(Debug, Default)]
 pub struct MemoryEventSink {
@@ -184,6 +218,47 @@ mod tests {
         assert_eq!(json["flags"], 4);
         assert_eq!(json["reason"], "session not bound");
         assert!(json.get("signature_algorithm").is_none());
+    }
+
+    #[derive(Default)]
+    struct RecordingAudit(Mutex<Vec<(String, serde_json::Value)>>);
+
+    impl AuditSink for RecordingAudit {
+        fn append(
+            &self,
+            event_type: &str,
+            data: serde_json::Value,
+        ) -> Result<(), moat_core::audit::AuditSinkError> {
+            self.0
+                .lock()
+                .expect("lock")
+                .push((event_type.to_owned(), data));
+            Ok(())
+        }
+
+        fn close(&self) -> Result<(), moat_core::audit::AuditSinkError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn audit_adapter_appends_type_and_data() {
+        let audit = Arc::new(RecordingAudit::default());
+        let dyn_audit: Arc<dyn AuditSink> = audit.clone();
+        let sink = AuditEventSink::new(dyn_audit);
+        let event = SshEvent::List(ListEvent {
+            connection: 1,
+            decision: Decision::Allowed,
+            listed: vec![Fingerprint::of(b"k")],
+            hidden: 2,
+            reason: None,
+        });
+        sink.record(&event).expect("record");
+        let recorded = audit.0.lock().expect("lock").clone();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].0, "ssh.list");
+        assert_eq!(recorded[0].1["hidden"], 2);
+        assert_eq!(recorded[0].1["decision"], "allowed");
     }
 
     #[test]

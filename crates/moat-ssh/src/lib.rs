@@ -15,6 +15,44 @@
 //! paths and file contents in), never prints, never holds private keys, and does not support
 //! host certificates (`@cert-authority`) or signing anything but SSH user authentication
 //! (no `ssh-keygen -Y` commit signing).
+//!
+//! `moat grant ssh --host H [--key K]` and a run's supervisor wire it like this (paths and
+//! `SSH_AUTH_SOCK` resolved by the CLI):
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! # use std::sync::Arc;
+//! # async fn demo(
+//! #     moat_home: &Path,
+//! #     ssh_auth_sock: &Path,
+//! #     known_hosts_text: &str,
+//! #     run_dir: &Path,
+//! #     audit: Arc<dyn moat_core::audit::AuditSink>,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use moat_ssh::event::AuditEventSink;
+//! use moat_ssh::grants::{KeySelector, build_grant, known_hosts_for, parse_grant_name};
+//! use moat_ssh::{AgentClient, AgentProxy, AgentProxyConfig, KnownHosts, SshGrantStore};
+//!
+//! // moat grant ssh --host github.com --key SHA256:…
+//! let store = SshGrantStore::new(moat_home.join("credentials/ssh.json"));
+//! let timeout = std::time::Duration::from_secs(30);
+//! let identities = AgentClient::connect(ssh_auth_sock, timeout).await?.list_identities().await?;
+//! let selector = KeySelector::parse("SHA256:…")?;
+//! let known = KnownHosts::parse(known_hosts_text);
+//! let grant = build_grant("github.com".parse()?, &identities, Some(&selector), &known)?;
+//! store.upsert(grant)?;
+//!
+//! // moat run -g ssh:github.com
+//! let grants = store.resolve(&[parse_grant_name("ssh:github.com")?])?;
+//! let pinned = known_hosts_for(&grants); // the container's known_hosts
+//! let config = AgentProxyConfig::new(run_dir.join("ssh-agent.sock"), ssh_auth_sock, grants);
+//! let proxy = AgentProxy::start(config, Arc::new(AuditEventSink::new(audit))).await?;
+//! // … run the container with SSH_AUTH_SOCK pointing at the mounted proxy.socket_path() …
+//! proxy.shutdown().await;
+//! # let _ = pinned;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
