@@ -318,8 +318,8 @@ impl SshGrantStore {
     pub fn upsert(&self, grant: SshGrant) -> Result<Option<SshGrant>, GrantStoreError> {
         let _lock = self.lock()?;
         let mut file = self.read()?;
-        let replaced = match file.grants.iter().position(|g| g.host == grant.host) {
-            Some(index) => Some(std::mem::replace(&mut file.grants[index], grant)),
+        let replaced = match file.grants.iter_mut().find(|g| g.host == grant.host) {
+            Some(slot) => Some(std::mem::replace(slot, grant)),
             None => {
                 file.grants.push(grant);
                 None
