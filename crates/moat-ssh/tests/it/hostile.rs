@@ -219,3 +219,42 @@ async fn missing_granted_keys_are_reported_at_start() {
     assert_eq!(proxy.missing_keys(), &[key.public.fingerprint()]);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn agent_dying_mid_run_gives_failures_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = RealAgent::start(dir.path(), "agent.sock").await;
+    let (proxy, sink) = start_proxy(dir.path(), &agent.socket, Vec::new()).await;
+    let mut s = raw(&proxy).await;
+    assert_eq!(
+        exchange(&mut s, &[0, 0, 0, 1, 11]).await,
+        Some(vec![12, 0, 0, 0, 0])
+    );
+
+    drop(agent); // kills ssh-agent; its socket file stays behind, dead
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        // The first request after the kill may still race the process exit; retry until the
+        // proxy notices, then it must answer FAILURE on the same connection.
+        let reply = exchange(&mut s, &[0, 0, 0, 1, 11]).await;
+        if reply.as_deref() == Some(FAILURE) {
+            break;
+        }
+        assert_eq!(
+            reply,
+            Some(vec![12, 0, 0, 0, 0]),
+            "only an empty list or FAILURE"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "proxy never noticed the dead agent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let denied = sink.events().into_iter().any(|e| {
+        matches!(e, SshEvent::List(l) if l.decision == moat_ssh::event::Decision::Denied
+            && l.reason.as_deref().is_some_and(|r| r.contains("ssh agent")))
+    });
+    assert!(denied, "{:?}", sink.events());
+    proxy.shutdown().await;
+}

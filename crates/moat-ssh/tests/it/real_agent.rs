@@ -559,3 +559,57 @@ async fn nothing_is_listed_or_signed_when_events_cannot_be_recorded() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn unbound_sessions_only_with_the_dangerous_opt_in() {
+    let f = fixture().await;
+    let grants = vec![grant(&f, "github.test", &f.user_ed).await];
+    let sid = random_session_id(40);
+    let data = userauth(&sid, &f.user_ed.public, "ssh-ed25519");
+    let request = SignRequest {
+        key: f.user_ed.public.as_bytes().to_vec(),
+        data: data.clone(),
+        flags: 0,
+    };
+
+    let (strict, _) = start_proxy(f.dir.path(), &f.user_agent.socket, grants.clone()).await;
+    let mut conn = AgentClient::connect(strict.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    conn.sign(&request)
+        .await
+        .expect_err("unbound refused by default");
+    strict.shutdown().await;
+
+    let sink = std::sync::Arc::new(moat_ssh::event::MemoryEventSink::new());
+    let mut config = moat_ssh::AgentProxyConfig::new(
+        f.dir.path().join("lax.sock"),
+        &f.user_agent.socket,
+        grants,
+    );
+    config.options.dangerous_allow_unbound_sessions = true;
+    let lax = moat_ssh::AgentProxy::start(config, sink.clone())
+        .await
+        .expect("start");
+    let mut conn = AgentClient::connect(lax.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let signature = conn
+        .sign(&request)
+        .await
+        .expect("unbound allowed after opt-in");
+    f.user_ed
+        .public
+        .verify(&data, &signature)
+        .expect("verifies");
+    let events = sink.events();
+    let Some(SshEvent::Sign(sign)) = events.first() else {
+        panic!("{events:?}")
+    };
+    assert_eq!((sign.decision, sign.bound), (Decision::Allowed, false));
+    assert_eq!(
+        sign.host.as_ref().map(ToString::to_string).as_deref(),
+        Some("github.test")
+    );
+    lax.shutdown().await;
+}
