@@ -41,6 +41,13 @@ use crate::wire::MAX_MESSAGE_LEN;
 use crate::wire::read_frame;
 use crate::wire::write_frame;
 
+/// After this many `SSH_AGENT_FAILURE` replies on one connection the proxy hangs up, so a
+/// hostile client cannot flood the audit log through a single connection.
+pub const MAX_FAILURES_PER_CONNECTION: usize = 16;
+
+/// The longest socket path a Unix socket address holds (`sun_path` is 108 bytes with NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Everything the proxy of one run needs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -111,6 +118,14 @@ pub enum StartError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The socket path does not fit in a Unix socket address.
+    #[error("socket path {} is {len} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows; use a shorter run directory", path.display())]
+    SocketPathTooLong {
+        /// The socket path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The requested mode is not a plain permission mode or gives access to everyone.
     #[error("socket mode {mode:#o} is not allowed; use 0o600 or 0o660")]
     InvalidMode {
@@ -139,6 +154,13 @@ impl AgentProxy {
         if config.socket_mode & !0o770 != 0 {
             return Err(StartError::InvalidMode {
                 mode: config.socket_mode,
+            });
+        }
+        let len = config.socket_path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(StartError::SocketPathTooLong {
+                path: config.socket_path,
+                len,
             });
         }
         let mut probe = AgentClient::connect(&config.upstream, config.upstream_timeout).await?;
@@ -290,6 +312,7 @@ struct Connection {
     shared: Arc<Shared>,
     session: Session,
     upstream: Option<AgentClient>,
+    failures: usize,
 }
 
 impl Connection {
@@ -299,6 +322,7 @@ impl Connection {
             shared,
             session: Session::default(),
             upstream: None,
+            failures: 0,
         }
     }
 
@@ -322,6 +346,18 @@ impl Connection {
             let reply = self.handle(&body).await;
             if write_frame(&mut stream, &reply).await.is_err() {
                 return;
+            }
+            if reply == Response::Failure.encode() {
+                self.failures += 1;
+                if self.failures >= MAX_FAILURES_PER_CONNECTION {
+                    // A real client gives up long before this; a hostile one must not fill
+                    // the audit log through one connection.
+                    self.refuse(
+                        "too_many_failures",
+                        "too many refused requests on one connection; closing it",
+                    );
+                    return;
+                }
             }
         }
     }

@@ -258,3 +258,48 @@ async fn agent_dying_mid_run_gives_failures_not_a_crash() {
     assert!(denied, "{:?}", sink.events());
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_keeps_failing_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = RealAgent::start(dir.path(), "agent.sock").await;
+    let (proxy, sink) = start_proxy(dir.path(), &agent.socket, Vec::new()).await;
+    let mut s = raw(&proxy).await;
+    for _ in 0..moat_ssh::proxy::MAX_FAILURES_PER_CONNECTION {
+        assert_eq!(
+            exchange(&mut s, &[0, 0, 0, 1, 22]).await.as_deref(),
+            Some(FAILURE)
+        );
+    }
+    assert!(is_closed(&mut s).await, "closed after too many failures");
+    let refused = sink
+        .events()
+        .iter()
+        .filter(|e| matches!(e, SshEvent::Refused(_)))
+        .count();
+    // One event per refused lock, plus one for hanging up; nothing more can be added.
+    assert_eq!(refused, moat_ssh::proxy::MAX_FAILURES_PER_CONNECTION + 1);
+    // Other connections are unaffected.
+    let mut s = raw(&proxy).await;
+    assert_eq!(
+        exchange(&mut s, &[0, 0, 0, 1, 11]).await,
+        Some(vec![12, 0, 0, 0, 0])
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn overlong_socket_path_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = RealAgent::start(dir.path(), "agent.sock").await;
+    let long = dir.path().join("x".repeat(120));
+    let config = AgentProxyConfig::new(&long, &agent.socket, Vec::new());
+    let err = AgentProxy::start(config, Arc::new(MemoryEventSink::new()))
+        .await
+        .expect_err("too long");
+    assert!(
+        matches!(err, StartError::SocketPathTooLong { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("shorter"), "{err}");
+}
