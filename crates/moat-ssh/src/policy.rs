@@ -206,6 +206,14 @@ impl Policy {
         self.grants.iter().any(|g| &g.key.fingerprint == key)
     }
 
+    /// The names (`ssh:<host>`) of the grants of a key, sorted; empty when not granted.
+    pub fn grant_names(&self, key: &Fingerprint) -> Vec<String> {
+        self.hosts_for_key(key)
+            .iter()
+            .map(crate::grants::grant_name)
+            .collect()
+    }
+
     /// Records a session binding after verifying the host's signature over the session
     /// identifier. Any refusal poisons the connection: nothing is signed on it afterwards.
     pub fn bind(&self, session: &mut Session, bind: &SessionBind) -> Result<(), BindRefusal> {

@@ -30,6 +30,7 @@ use crate::key::Fingerprint;
 use crate::policy::Policy;
 use crate::policy::PolicyOptions;
 use crate::policy::Session;
+use crate::protocol::Identity;
 use crate::protocol::Mutation;
 use crate::protocol::Request;
 use crate::protocol::Response;
@@ -415,9 +416,17 @@ impl Connection {
             Err(e) => return self.list_failed(e.to_string()),
         };
         let total = identities.len();
-        let visible: Vec<_> = identities
+        // The container sees the grant names instead of the user's comments (file paths,
+        // user@host), which it has no need to know.
+        let visible: Vec<Identity> = identities
             .into_iter()
-            .filter(|id| self.shared.policy.is_granted(&id.key.fingerprint()))
+            .filter_map(|id| {
+                let names = self.shared.policy.grant_names(&id.key.fingerprint());
+                (!names.is_empty()).then(|| Identity {
+                    key: id.key,
+                    comment: format!("moat {}", names.join(",")).into_bytes(),
+                })
+            })
             .collect();
         let event = SshEvent::List(ListEvent {
             connection: self.id,
