@@ -121,6 +121,14 @@ async fn ssh_add_lists_only_the_granted_key() {
         !stdout.contains(f.user_rsa.public.fingerprint().as_str()),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("moat ssh:github.test"),
+        "grant name as comment: {stdout}"
+    );
+    assert!(
+        !stdout.contains("user_ed25519"),
+        "the user's comment is not shown: {stdout}"
+    );
 
     let events = sink.events();
     let SshEvent::List(list) = events.first().expect("one event") else {
