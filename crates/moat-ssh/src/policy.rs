@@ -782,4 +782,95 @@ pub(crate) mod tests {
             Err(BindRefusal::BadSignature { .. })
         ));
     }
+
+    /// xorshift64*: deterministic pseudo-random bytes without a dependency.
+    struct Noise(u64);
+
+    impl Noise {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn bytes(&mut self, max: u64) -> Vec<u8> {
+            let len = self.next() % max;
+            (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
+        }
+    }
+
+    /// Mutates valid messages (bit flips, truncation, random length fields) and feeds them
+    /// to every parser that sees container or agent bytes: nothing may panic.
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        use crate::protocol::Request;
+        use crate::protocol::Response;
+
+        let w = world();
+        let p = policy(
+            &w,
+            PolicyOptions {
+                dangerous_allow_unbound_sessions: true,
+            },
+        );
+        let valid: Vec<Vec<u8>> = vec![
+            w.github.bind(b"sid", false).encode(),
+            sign_req(
+                &w.user,
+                userauth(b"sid", &w.user.blob(), Some(&w.github.blob())),
+            )
+            .encode(),
+            Response::Identities(vec![crate::protocol::Identity {
+                key: w.user.blob(),
+                comment: b"c".to_vec(),
+            }])
+            .encode(),
+            Response::Signature(w.user.sign(b"x")).encode(),
+        ];
+        let mut bound = Session::default();
+        p.bind(&mut bound, &w.github.bind(b"sid", false))
+            .expect("bind");
+        let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3_000_u32 {
+            let mut msg = match valid.get(usize::try_from(round).unwrap_or(0) % (valid.len() + 1)) {
+                Some(v) => v.clone(),
+                None => noise.bytes(300),
+            };
+            for _ in 0..(noise.next() % 4) {
+                if msg.is_empty() {
+                    break;
+                }
+                let len = u64::try_from(msg.len()).unwrap_or(1);
+                let at = usize::try_from(noise.next() % len).unwrap_or(0);
+                match noise.next() % 3 {
+                    0 => msg.truncate(at),
+                    1 => {
+                        if let Some(b) = msg.get_mut(at) {
+                            *b ^= 1 << (noise.next() % 8);
+                        }
+                    }
+                    _ => {
+                        if let Some(b) = msg.get_mut(at) {
+                            *b = 0xff;
+                        }
+                    }
+                }
+            }
+            let _ = Response::parse(&msg);
+            match Request::parse(&msg) {
+                Ok(Request::SessionBind(bind)) => {
+                    let _ = p.bind(&mut Session::default(), &bind);
+                }
+                Ok(Request::Sign(sign)) => {
+                    let _ = p.authorize(&bound, &sign);
+                    let _ = p.authorize(&Session::default(), &sign);
+                }
+                _ => {}
+            }
+            let text = String::from_utf8_lossy(&msg);
+            let _ = crate::known_hosts::KnownHosts::parse(&text);
+            let _ = PublicKeyBlob::from_bytes(msg.clone()).map(|k| k.verify(b"m", &msg));
+        }
+    }
 }
