@@ -30,7 +30,8 @@ use crate::protocol::Identity;
 /// The prefix of SSH grant names: `ssh:github.com`.
 pub const GRANT_PREFIX: &str = "ssh:";
 
-/// One grant: `key` may sign only for sessions bound to one of `host_keys`.
+/// One grant: `key` may sign only for sessions bound to one of `host_keys`, or to a host
+/// certificate for this host signed by one of `cert_authorities`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshGrant {
@@ -40,6 +41,12 @@ pub struct SshGrant {
     pub key: GrantedKey,
     /// The destination's host keys, from `known_hosts` at grant time.
     pub host_keys: Vec<PublicKeyBlob>,
+    /// CA keys trusted to certify the destination's host keys (`@cert-authority`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cert_authorities: Vec<PublicKeyBlob>,
+    /// `@revoked` keys at grant time; a host certificate for one of them is not accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<PublicKeyBlob>,
     /// When the grant was recorded.
     pub created_at: DateTime<Utc>,
 }
@@ -74,7 +81,7 @@ pub fn grant_name(host: &SshHost) -> String {
 pub fn known_hosts_for(grants: &[SshGrant]) -> String {
     grants
         .iter()
-        .map(|g| render_known_hosts_lines(&g.host, &g.host_keys))
+        .map(|g| render_known_hosts_lines(&g.host, &g.host_keys, &g.cert_authorities))
         .collect()
 }
 
@@ -207,7 +214,7 @@ pub fn build_grant(
         },
     };
     let lookup = known_hosts.lookup(&host);
-    if lookup.keys.is_empty() {
+    if lookup.keys.is_empty() && lookup.cert_authorities.is_empty() {
         return Err(GrantBuildError::NoHostKeys {
             host,
             revoked: lookup.revoked,
@@ -221,6 +228,8 @@ pub fn build_grant(
             comment: String::from_utf8_lossy(&identity.comment).into_owned(),
         },
         host_keys: lookup.keys,
+        cert_authorities: lookup.cert_authorities,
+        revoked_keys: lookup.revoked_keys,
         created_at: Utc::now(),
     })
 }

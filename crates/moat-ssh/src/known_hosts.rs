@@ -3,9 +3,10 @@
 //! Supported: plain host patterns with `*`, `?` and `!` negation, comma-separated lists,
 //! `[host]:port` names, hashed names (`|1|base64(salt)|base64(HMAC-SHA1(salt, name))`),
 //! and the `@revoked` marker (a revoked key is removed from every lookup result, even when
-//! another line lists it). `@cert-authority` lines are counted but not used: host
-//! certificates are not supported by the agent proxy. Lines that do not parse are skipped,
-//! as OpenSSH does, and reported.
+//! another line lists it), and `@cert-authority` lines (CA keys that vouch for host
+//! certificates). Revocation is global, stricter than OpenSSH: a key listed as `@revoked`
+//! for any host is revoked for all. Lines that do not parse are skipped, as OpenSSH does,
+//! and reported.
 
 use std::fmt;
 use std::str::FromStr;
@@ -154,11 +155,12 @@ pub struct SkippedLine {
 pub struct HostKeyLookup {
     /// Usable host keys, in file order, without duplicates.
     pub keys: Vec<PublicKeyBlob>,
-    /// Keys that matched the host but are revoked (`@revoked`) and were left out.
+    /// Keys of `@cert-authority` lines that match the host, without revoked ones.
+    pub cert_authorities: Vec<PublicKeyBlob>,
+    /// Keys and CA keys that matched the host but are revoked and were left out.
     pub revoked: usize,
-    /// `@cert-authority` lines that matched the host; certificates are not supported, so
-    /// these keys are not used.
-    pub cert_authorities: usize,
+    /// Every `@revoked` key in the file, to check host certificates' keys against.
+    pub revoked_keys: Vec<PublicKeyBlob>,
 }
 
 impl KnownHosts {
@@ -189,36 +191,47 @@ impl KnownHosts {
     pub fn lookup(&self, host: &SshHost) -> HostKeyLookup {
         let name = host.known_hosts_name();
         let matching = || self.entries.iter().filter(|e| e.hosts.matches(&name));
-        let revoked: Vec<&PublicKeyBlob> = self
-            .entries
-            .iter()
-            .filter(|e| e.marker == Marker::Revoked)
-            .map(|e| &e.key)
-            .collect();
         let mut result = HostKeyLookup::default();
+        for entry in self.entries.iter().filter(|e| e.marker == Marker::Revoked) {
+            push_unique(&mut result.revoked_keys, &entry.key);
+        }
         for entry in matching() {
-            match entry.marker {
-                Marker::CertAuthority => result.cert_authorities += 1,
-                Marker::Revoked => {}
-                Marker::None if revoked.contains(&&entry.key) => result.revoked += 1,
-                Marker::None => {
-                    if !result.keys.contains(&entry.key) {
-                        result.keys.push(entry.key.clone());
-                    }
+            let list = match entry.marker {
+                Marker::Revoked => continue,
+                _ if result.revoked_keys.contains(&entry.key) => {
+                    result.revoked += 1;
+                    continue;
                 }
-            }
+                Marker::CertAuthority => &mut result.cert_authorities,
+                Marker::None => &mut result.keys,
+            };
+            push_unique(list, &entry.key);
         }
         result
     }
 }
 
-/// Renders `known_hosts` lines that pin `keys` for `host`, e.g. for the container's
-/// `~/.ssh/known_hosts`.
-pub fn render_known_hosts_lines(host: &SshHost, keys: &[PublicKeyBlob]) -> String {
+/// Renders `known_hosts` lines that pin `keys` and trust `cert_authorities` for `host`,
+/// e.g. for the container's `~/.ssh/known_hosts`.
+pub fn render_known_hosts_lines(
+    host: &SshHost,
+    keys: &[PublicKeyBlob],
+    cert_authorities: &[PublicKeyBlob],
+) -> String {
     let name = host.known_hosts_name();
-    keys.iter()
-        .map(|key| format!("{name} {}\n", key.to_openssh()))
-        .collect()
+    let plain = keys
+        .iter()
+        .map(|key| format!("{name} {}\n", key.to_openssh()));
+    let cas = cert_authorities
+        .iter()
+        .map(|key| format!("@cert-authority {name} {}\n", key.to_openssh()));
+    plain.chain(cas).collect()
+}
+
+fn push_unique(list: &mut Vec<PublicKeyBlob>, key: &PublicKeyBlob) {
+    if !list.contains(key) {
+        list.push(key.clone());
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,7 +436,22 @@ mod tests {
         let found = kh.lookup(&host("github.com"));
         assert!(found.keys.is_empty());
         assert_eq!(found.revoked, 1);
-        assert_eq!(kh.lookup(&host("a.github.com")).cert_authorities, 1);
+        assert_eq!(found.revoked_keys, vec![key()]);
+        // The CA key is the revoked key too, so it is left out.
+        let sub = kh.lookup(&host("a.github.com"));
+        assert!(sub.cert_authorities.is_empty());
+        assert_eq!(sub.revoked, 1);
+        let ca_only = KnownHosts::parse(&format!("@cert-authority *.github.com {ED}\n"));
+        assert_eq!(
+            ca_only.lookup(&host("a.github.com")).cert_authorities,
+            vec![key()]
+        );
+        assert!(
+            ca_only
+                .lookup(&host("github.com"))
+                .cert_authorities
+                .is_empty()
+        );
     }
 
     #[test]
@@ -458,9 +486,13 @@ mod tests {
 
     #[test]
     fn renders_pinned_lines() {
-        let lines = render_known_hosts_lines(&host("[h]:2222"), &[key()]);
-        assert_eq!(lines, format!("[h]:2222 {ED}\n"));
-        let reparsed = KnownHosts::parse(&lines);
-        assert_eq!(reparsed.lookup(&host("h:2222")).keys, vec![key()]);
+        let lines = render_known_hosts_lines(&host("[h]:2222"), &[key()], &[key()]);
+        assert_eq!(
+            lines,
+            format!("[h]:2222 {ED}\n@cert-authority [h]:2222 {ED}\n")
+        );
+        let reparsed = KnownHosts::parse(&lines).lookup(&host("h:2222"));
+        assert_eq!(reparsed.keys, vec![key()]);
+        assert_eq!(reparsed.cert_authorities, vec![key()]);
     }
 }

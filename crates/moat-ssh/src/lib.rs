@@ -12,9 +12,8 @@
 //! [`known_hosts`].
 //!
 //! The crate deliberately does not read `SSH_AUTH_SOCK`, `$HOME` or `~/.ssh` (callers pass
-//! paths and file contents in), never prints, never holds private keys, and does not support
-//! host certificates (`@cert-authority`) or signing anything but SSH user authentication
-//! (no `ssh-keygen -Y` commit signing).
+//! paths and file contents in), never prints, never holds private keys, and signs nothing but
+//! SSH user authentication (no `ssh-keygen -Y` commit signing).
 //!
 //! `moat grant ssh --host H [--key K]` and a run's supervisor wire it like this (paths and
 //! `SSH_AUTH_SOCK` resolved by the CLI):

@@ -6,8 +6,9 @@
 //!
 //! 1. the key is granted to the run,
 //! 2. the connection's last binding is a verified, non-forwarding binding to a host key of a
-//!    host the key is granted for (every earlier, forwarding binding must also be to a host
-//!    the key is granted for), and
+//!    host the key is granted for, or to a host certificate from one of that host's
+//!    certificate authorities naming the host as a principal (every earlier, forwarding
+//!    binding must also be to a host the key is granted for), and
 //! 3. the data is an SSH user-authentication request (RFC 4252 §7) for that very session
 //!    (same session identifier), that very key and, for `publickey-hostbound-v00@openssh.com`,
 //!    that very host key, so the signature is useless for any other session or host.
@@ -148,6 +149,12 @@ pub enum BindRefusal {
         "an earlier session binding on this connection was refused; open a new agent connection"
     )]
     Poisoned,
+    /// The host key is a certificate that cannot be trusted.
+    #[error("session-bind host certificate refused: {reason}")]
+    BadCertificate {
+        /// Why.
+        reason: &'static str,
+    },
     /// Too many bindings on one connection.
     #[error("more than {MAX_BINDINGS} session bindings on one connection")]
     TooMany,
@@ -176,6 +183,8 @@ struct Binding {
     host_key: PublicKeyBlob,
     session_id: Vec<u8>,
     forwarding: bool,
+    /// The granted hosts whose keys or certificate authorities vouch for `host_key`.
+    hosts: Vec<SshHost>,
 }
 
 impl Session {
@@ -265,14 +274,14 @@ impl Policy {
             });
         }
         for hop in earlier {
-            if self.host_for(&key, &hop.host_key).is_none() {
+            if self.host_for(&key, hop).is_none() {
                 return Err(SignDenial::ForwardedThroughUngranted {
                     key,
                     host_key: hop.host_key.fingerprint(),
                 });
             }
         }
-        let Some(host) = self.host_for(&key, &last.host_key) else {
+        let Some(host) = self.host_for(&key, last) else {
             return Err(SignDenial::HostNotGranted {
                 key,
                 host_key: last.host_key.fingerprint(),
@@ -294,11 +303,7 @@ impl Policy {
     /// A granted host whose host keys include the connection's last bound host key, for
     /// reporting denials.
     pub fn bound_host(&self, session: &Session) -> Option<SshHost> {
-        let last = session.bindings.last()?;
-        self.grants
-            .iter()
-            .find(|g| g.host_keys.contains(&last.host_key))
-            .map(|g| g.host.clone())
+        session.bindings.last()?.hosts.first().cloned()
     }
 
     fn check_bind(
@@ -311,9 +316,23 @@ impl Policy {
         }
         let host_key = PublicKeyBlob::from_bytes(bind.host_key.clone())
             .map_err(|_| BindRefusal::BadHostKey)?;
-        host_key
-            .verify(&bind.session_id, &bind.signature)
-            .map_err(|source| BindRefusal::BadSignature { source })?;
+        let hosts = if host_key.algorithm().ends_with(CERT_SUFFIX) {
+            let cert = self.check_host_certificate(&host_key)?;
+            cert.key
+                .verify(&bind.session_id, &bind.signature)
+                .map_err(|source| BindRefusal::BadSignature { source })?;
+            self.hosts_trusting(&cert)
+        } else {
+            host_key
+                .verify(&bind.session_id, &bind.signature)
+                .map_err(|source| BindRefusal::BadSignature { source })?;
+            let hosts = self
+                .grants
+                .iter()
+                .filter(|g| g.host_keys.contains(&host_key))
+                .map(|g| g.host.clone());
+            sorted_unique(hosts)
+        };
         // OpenSSH sends the same binding again on re-authentication; accept it idempotently.
         if session.bindings.iter().any(|b| {
             b.session_id == bind.session_id
@@ -328,7 +347,7 @@ impl Policy {
         if session.bindings.len() >= MAX_BINDINGS {
             return Err(BindRefusal::TooMany);
         }
-        if bind.is_forwarding && !self.grants.iter().any(|g| g.host_keys.contains(&host_key)) {
+        if bind.is_forwarding && hosts.is_empty() {
             return Err(BindRefusal::ForwardingToUngranted {
                 host_key: host_key.fingerprint(),
             });
@@ -337,7 +356,74 @@ impl Policy {
             host_key,
             session_id: bind.session_id.clone(),
             forwarding: bind.is_forwarding,
+            hosts,
         }))
+    }
+
+    /// Checks a host certificate the way `ssh` does before trusting it: a host (not user)
+    /// certificate, signed by a certificate authority of one of the run's grants, valid now,
+    /// with no critical options. Which hosts it vouches for is decided by
+    /// [`Policy::hosts_trusting`] (principals, revocation).
+    fn check_host_certificate(&self, blob: &PublicKeyBlob) -> Result<HostCertificate, BindRefusal> {
+        let bad = |reason| BindRefusal::BadCertificate { reason };
+        let cert = ssh_key::Certificate::from_bytes(blob.as_bytes())
+            .map_err(|_| bad("it is malformed or of an unsupported type"))?;
+        if cert.cert_type() != ssh_key::certificate::CertType::Host {
+            return Err(bad("it is a user certificate, not a host certificate"));
+        }
+        if !cert.critical_options().is_empty() {
+            return Err(bad(
+                "it has critical options, which host certificates never carry",
+            ));
+        }
+        let authorities: Vec<ssh_key::Fingerprint> = self
+            .grants
+            .iter()
+            .flat_map(|g| &g.cert_authorities)
+            .filter_map(|ca| ssh_key::PublicKey::from_bytes(ca.as_bytes()).ok())
+            .map(|ca| ca.fingerprint(ssh_key::HashAlg::Sha256))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        cert.validate_at(now, &authorities)
+            .map_err(|_| bad("it is not signed by a certificate authority of a granted host, or it is expired or not yet valid"))?;
+        let encode = |data: &ssh_key::public::KeyData| {
+            ssh_key::PublicKey::from(data.clone())
+                .to_bytes()
+                .ok()
+                .and_then(|bytes| PublicKeyBlob::from_bytes(bytes).ok())
+        };
+        let (Some(key), Some(authority)) =
+            (encode(cert.public_key()), encode(cert.signature_key()))
+        else {
+            return Err(bad("its keys cannot be encoded"));
+        };
+        Ok(HostCertificate {
+            key,
+            authority,
+            principals: cert.valid_principals().to_vec(),
+        })
+    }
+
+    /// The granted hosts a verified host certificate vouches for: the grant trusts its
+    /// authority, its principals name the host, and neither key is revoked.
+    fn hosts_trusting(&self, cert: &HostCertificate) -> Vec<SshHost> {
+        let hosts = self
+            .grants
+            .iter()
+            .filter(|g| g.cert_authorities.contains(&cert.authority))
+            .filter(|g| {
+                cert.principals
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(g.host.host()))
+            })
+            .filter(|g| {
+                !g.revoked_keys.contains(&cert.key) && !g.revoked_keys.contains(&cert.authority)
+            })
+            .map(|g| g.host.clone());
+        sorted_unique(hosts)
     }
 
     fn hosts_for_key(&self, key: &Fingerprint) -> Vec<SshHost> {
@@ -350,12 +436,30 @@ impl Policy {
         set.into_iter().cloned().collect()
     }
 
-    fn host_for(&self, key: &Fingerprint, host_key: &PublicKeyBlob) -> Option<SshHost> {
+    fn host_for(&self, key: &Fingerprint, binding: &Binding) -> Option<SshHost> {
         self.grants
             .iter()
-            .find(|g| &g.key.fingerprint == key && g.host_keys.contains(host_key))
+            .find(|g| &g.key.fingerprint == key && binding.hosts.contains(&g.host))
             .map(|g| g.host.clone())
     }
+}
+
+/// Host key algorithms ending in this are OpenSSH certificates (`PROTOCOL.certkeys`).
+const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
+
+/// The parts of a verified host certificate the policy needs.
+#[derive(Debug)]
+struct HostCertificate {
+    /// The certified host key, which signs the session identifier.
+    key: PublicKeyBlob,
+    /// The certificate authority that signed the certificate.
+    authority: PublicKeyBlob,
+    /// The host names the certificate is valid for.
+    principals: Vec<String>,
+}
+
+fn sorted_unique(hosts: impl Iterator<Item = SshHost>) -> Vec<SshHost> {
+    hosts.collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// The fields of a publickey `SSH_MSG_USERAUTH_REQUEST` signature payload (RFC 4252 §7,
@@ -464,6 +568,8 @@ pub(crate) mod tests {
                 comment: String::new(),
             },
             host_keys: host_keys.iter().map(|k| k.blob()).collect(),
+            cert_authorities: Vec::new(),
+            revoked_keys: Vec::new(),
             created_at: Utc::now(),
         }
     }

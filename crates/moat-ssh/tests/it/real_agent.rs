@@ -621,3 +621,158 @@ async fn unbound_sessions_only_with_the_dangerous_opt_in() {
     );
     lax.shutdown().await;
 }
+
+/// Makes a host key and a host certificate for it with `ssh-keygen -s`; returns the key
+/// (held by the host agent) and the certificate blob the server would present.
+async fn certified_host(
+    f: &Fixture,
+    name: &str,
+    ca: &KeyFile,
+    principal: &str,
+    validity: &str,
+) -> (KeyFile, moat_ssh::PublicKeyBlob) {
+    let key = KeyFile::generate(f.dir.path(), name, "ed25519").await;
+    let out = tokio::process::Command::new("/usr/bin/ssh-keygen")
+        .arg("-q")
+        .arg("-s")
+        .arg(&ca.private)
+        .args(["-I", name, "-h", "-n", principal, "-V", validity])
+        .arg(key.private.with_extension("pub"))
+        .output()
+        .await
+        .expect("ssh-keygen -s");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert_path = f.dir.path().join(format!("{name}-cert.pub"));
+    let text = std::fs::read_to_string(cert_path).expect("certificate");
+    let cert = moat_ssh::PublicKeyBlob::from_openssh(&text).expect("certificate blob");
+    assert_eq!(cert.algorithm(), "ssh-ed25519-cert-v01@openssh.com");
+    f.host_agent.add(&key).await;
+    (key, cert)
+}
+
+/// A session-bind whose host key is `cert`, signed by the certified key.
+async fn cert_bind(
+    f: &Fixture,
+    key: &KeyFile,
+    cert: &moat_ssh::PublicKeyBlob,
+    sid: &[u8],
+) -> Vec<u8> {
+    let signature = f
+        .host_agent
+        .client()
+        .await
+        .sign(&SignRequest {
+            key: key.public.as_bytes().to_vec(),
+            data: sid.to_vec(),
+            flags: 0,
+        })
+        .await
+        .expect("host key signs");
+    moat_ssh::protocol::SessionBind {
+        host_key: cert.as_bytes().to_vec(),
+        session_id: sid.to_vec(),
+        signature,
+        is_forwarding: false,
+    }
+    .encode()
+}
+
+#[tokio::test]
+async fn host_certificates_from_a_granted_authority() {
+    let f = fixture().await;
+    let ca = KeyFile::generate(f.dir.path(), "host_ca", "ed25519").await;
+    let other_ca = KeyFile::generate(f.dir.path(), "other_ca", "ed25519").await;
+    let now = "-5m:+1h";
+    let good = certified_host(&f, "cert_good", &ca, "github.test", now).await;
+    let wrong_name = certified_host(&f, "cert_wrong_name", &ca, "other.test", now).await;
+    let expired = certified_host(&f, "cert_expired", &ca, "github.test", "20200101:20200102").await;
+    let foreign = certified_host(&f, "cert_foreign", &other_ca, "github.test", now).await;
+
+    let known = KnownHosts::parse(&format!("@cert-authority *.test {}\n", ca.openssh()));
+    let identities = f
+        .user_agent
+        .client()
+        .await
+        .list_identities()
+        .await
+        .expect("list");
+    let selector = KeySelector::Fingerprint(f.user_ed.public.fingerprint());
+    let grant = build_grant(
+        "github.test".parse().expect("host"),
+        &identities,
+        Some(&selector),
+        &known,
+    )
+    .expect("a CA alone is enough to grant");
+    assert!(grant.host_keys.is_empty());
+    assert_eq!(grant.cert_authorities, vec![ca.public.clone()]);
+    let pinned = moat_ssh::grants::known_hosts_for(std::slice::from_ref(&grant));
+    assert_eq!(
+        pinned,
+        format!("@cert-authority github.test {}\n", ca.openssh())
+    );
+    let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, vec![grant]).await;
+
+    let socket = proxy.socket_path().to_path_buf();
+    assert_eq!(
+        attempt(&f, &socket, &good, 50).await,
+        (Ok(Response::Success), true),
+        "valid certificate"
+    );
+    assert_eq!(
+        attempt(&f, &socket, &wrong_name, 51).await,
+        (Ok(Response::Success), false),
+        "other principal"
+    );
+    assert_eq!(
+        attempt(&f, &socket, &expired, 52).await,
+        (Ok(Response::Failure), false),
+        "expired"
+    );
+    assert_eq!(
+        attempt(&f, &socket, &foreign, 53).await,
+        (Ok(Response::Failure), false),
+        "untrusted CA"
+    );
+
+    let reasons: Vec<String> = sink
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            SshEvent::Refused(r) if r.request == "session_bind" => Some(r.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.contains("certificate")),
+        "{reasons:?}"
+    );
+    proxy.shutdown().await;
+}
+
+/// Binds a new connection with a host certificate, then asks for a user signature: returns
+/// the bind reply and whether the signature was given.
+async fn attempt(
+    f: &Fixture,
+    socket: &std::path::Path,
+    (key, cert): &(KeyFile, moat_ssh::PublicKeyBlob),
+    tag: u8,
+) -> (Result<Response, moat_ssh::protocol::ProtocolError>, bool) {
+    let sid = random_session_id(tag);
+    let mut conn = AgentClient::connect(socket, TIMEOUT)
+        .await
+        .expect("connect");
+    let bind = cert_bind(f, key, cert, &sid).await;
+    let bound = Response::parse(&conn.call(&bind).await.expect("bind"));
+    let request = SignRequest {
+        key: f.user_ed.public.as_bytes().to_vec(),
+        data: userauth(&sid, &f.user_ed.public, "ssh-ed25519"),
+        flags: 0,
+    };
+    (bound, conn.sign(&request).await.is_ok())
+}
