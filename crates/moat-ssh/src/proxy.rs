@@ -46,8 +46,9 @@ use crate::wire::write_frame;
 /// hostile client cannot flood the audit log through a single connection.
 pub const MAX_FAILURES_PER_CONNECTION: usize = 16;
 
-/// The longest socket path a Unix socket address holds (`sun_path` is 108 bytes with NUL).
-const MAX_SOCKET_PATH: usize = 107;
+/// The longest socket path a Unix socket address holds: `sun_path` is 108 bytes on Linux and
+/// 104 on macOS and the BSDs, including the terminating NUL.
+const MAX_SOCKET_PATH: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
 
 /// Everything the proxy of one run needs.
 #[derive(Debug, Clone)]
