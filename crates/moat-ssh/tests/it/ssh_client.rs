@@ -4,6 +4,8 @@
 //! with hand-built messages.
 
 use std::path::Path;
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use russh::ChannelId;
 use russh::server::Auth;
 use russh::server::Msg;
 use russh::server::Session;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
@@ -26,8 +30,8 @@ use crate::support::RealAgent;
 use crate::support::TIMEOUT;
 use crate::support::start_proxy;
 
-/// A minimal SSH server: one host key, one authorized user key, answers any command with
-/// `ok` and exit status 0.
+/// A minimal SSH server: one host key, one authorized user key. `git-receive-pack` runs the
+/// real git against the server's bare repository; any other command answers `ok`, exit 0.
 struct TestServer {
     port: u16,
     task: tokio::task::JoinHandle<()>,
@@ -39,9 +43,10 @@ impl Drop for TestServer {
     }
 }
 
-#[derive(Clone)]
 struct Handler {
     authorized: PublicKeyBlob,
+    repo: Option<PathBuf>,
+    git_stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl russh::server::Handler for Handler {
@@ -81,12 +86,63 @@ impl russh::server::Handler for Handler {
         Ok(())
     }
 
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(stdin) = &mut self.git_stdin {
+            stdin.write_all(data).await.map_err(russh::Error::from)?;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Closing git's stdin tells it the client has sent everything.
+        self.git_stdin = None;
+        Ok(())
+    }
+
     async fn exec_request(
         &mut self,
         channel: ChannelId,
-        _data: &[u8],
+        data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let (Some(repo), true) = (&self.repo, data.starts_with(b"git-receive-pack ")) {
+            let mut child = Command::new("git-receive-pack")
+                .arg(repo)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(russh::Error::from)?;
+            self.git_stdin = child.stdin.take();
+            let mut stdout = child.stdout.take().ok_or(russh::Error::Disconnect)?;
+            let handle = session.handle();
+            tokio::spawn(async move {
+                let mut buf = vec![0_u8; 32 * 1024];
+                while let Ok(n @ 1..) = stdout.read(&mut buf).await {
+                    if handle.data(channel, buf[..n].to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+                let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(1);
+                let _ = handle
+                    .exit_status_request(channel, u32::try_from(code).unwrap_or(1))
+                    .await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            });
+            session.channel_success(channel)?;
+            return Ok(());
+        }
         session.channel_success(channel)?;
         session.data(channel, &b"ok\n"[..])?;
         session.exit_status_request(channel, 0)?;
@@ -97,6 +153,14 @@ impl russh::server::Handler for Handler {
 }
 
 async fn start_server(host_key: &Path, authorized: PublicKeyBlob) -> TestServer {
+    start_server_with_repo(host_key, authorized, None).await
+}
+
+async fn start_server_with_repo(
+    host_key: &Path,
+    authorized: PublicKeyBlob,
+    repo: Option<PathBuf>,
+) -> TestServer {
     let config = Arc::new(russh::server::Config {
         keys: vec![russh::keys::load_secret_key(host_key, None).expect("load host key")],
         auth_rejection_time: Duration::from_millis(10),
@@ -113,6 +177,8 @@ async fn start_server(host_key: &Path, authorized: PublicKeyBlob) -> TestServer 
             let config = Arc::clone(&config);
             let handler = Handler {
                 authorized: authorized.clone(),
+                repo: repo.clone(),
+                git_stdin: None,
             };
             tokio::spawn(async move {
                 if let Ok(session) = russh::server::run_stream(config, stream, handler).await {
@@ -124,8 +190,31 @@ async fn start_server(host_key: &Path, authorized: PublicKeyBlob) -> TestServer 
     TestServer { port, task }
 }
 
-/// Runs `ssh` with the proxy as its only agent and nothing else: no config file, no default
-/// identity files, strict host key checking against `known_hosts`.
+/// `ssh` options that use the proxy as the only agent and nothing else: no config file, no
+/// default identity files, strict host key checking against `known_hosts` under `alias`.
+fn ssh_options(dir: &Path, agent: &Path, known_hosts: &Path, alias: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["-F", "/dev/null", "-T"].map(String::from).to_vec();
+    for option in [
+        "BatchMode=yes".to_owned(),
+        "StrictHostKeyChecking=yes".to_owned(),
+        "UpdateHostKeys=no".to_owned(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "GlobalKnownHostsFile=/dev/null".to_owned(),
+        format!("HostKeyAlias={alias}"),
+        format!("IdentityAgent={}", agent.display()),
+        format!("IdentityFile={}", dir.join("no-such-identity").display()),
+        "PreferredAuthentications=publickey".to_owned(),
+        "ControlPath=none".to_owned(),
+        "ConnectTimeout=20".to_owned(),
+        "LogLevel=ERROR".to_owned(),
+    ] {
+        args.push("-o".to_owned());
+        args.push(option);
+    }
+    args
+}
+
+/// Runs `ssh -p PORT git@127.0.0.1 true` with [`ssh_options`].
 async fn ssh(
     dir: &Path,
     agent: &Path,
@@ -134,39 +223,9 @@ async fn ssh(
     port: u16,
 ) -> std::process::Output {
     let run = Command::new("/usr/bin/ssh")
-        .args(["-F", "/dev/null", "-T", "-p", &port.to_string()])
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "UpdateHostKeys=no",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args([
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            &format!("HostKeyAlias={alias}"),
-        ])
-        .arg("-o")
-        .arg(format!("IdentityAgent={}", agent.display()))
-        .arg("-o")
-        .arg(format!(
-            "IdentityFile={}",
-            dir.join("no-such-identity").display()
-        ))
-        .args([
-            "-o",
-            "PreferredAuthentications=publickey",
-            "-o",
-            "ControlPath=none",
-        ])
-        .args(["-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"])
-        .args(["git@127.0.0.1", "true"])
-        .stdin(std::process::Stdio::null())
+        .args(ssh_options(dir, agent, known_hosts, alias))
+        .args(["-p", &port.to_string(), "git@127.0.0.1", "true"])
+        .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
     tokio::time::timeout(TIMEOUT, run)
@@ -279,6 +338,170 @@ async fn openssh_client_logs_in_only_to_the_granted_host() {
             .iter()
             .all(|s| s.bound && s.host_key == Some(other_host.public.fingerprint())),
         "{denied:?}"
+    );
+    proxy.shutdown().await;
+}
+
+/// Runs git with a clean configuration in `dir`.
+async fn git(dir: &Path, args: &[&str], ssh_command: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .args([
+            "-c",
+            "user.name=moat",
+            "-c",
+            "user.email=moat@example.invalid",
+        ])
+        .args(["-c", "init.defaultBranch=main", "-c", "protocol.version=0"])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(command) = ssh_command {
+        cmd.env("GIT_SSH_COMMAND", command)
+            .env("GIT_SSH_VARIANT", "ssh");
+    }
+    tokio::time::timeout(TIMEOUT, cmd.output())
+        .await
+        .expect("git timed out")
+        .expect("git must be installed")
+}
+
+#[tokio::test]
+async fn git_push_over_ssh_reaches_only_the_granted_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let user_agent = RealAgent::start(d, "user-agent.sock").await;
+    let user = KeyFile::generate(d, "user_ed25519", "ed25519").await;
+    user_agent.add(&user).await;
+    let github_host = KeyFile::generate(d, "github_host", "ed25519").await;
+    let other_host = KeyFile::generate(d, "other_host", "ed25519").await;
+
+    for repo in ["github.git", "other.git", "work"] {
+        let bare = if repo == "work" { "--quiet" } else { "--bare" };
+        let out = git(d, &["init", "--quiet", bare, repo], None).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let work = d.join("work");
+    let out = git(
+        &work,
+        &["commit", "--quiet", "--allow-empty", "-m", "agent's work"],
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = git(&work, &["rev-parse", "HEAD"], None).await;
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+
+    let github = start_server_with_repo(
+        &github_host.private,
+        user.public.clone(),
+        Some(d.join("github.git")),
+    )
+    .await;
+    let other = start_server_with_repo(
+        &other_host.private,
+        user.public.clone(),
+        Some(d.join("other.git")),
+    )
+    .await;
+    let known_text = format!(
+        "github.test {}\nother.test {}\n",
+        github_host.openssh(),
+        other_host.openssh()
+    );
+    let known_hosts = d.join("known_hosts");
+    std::fs::write(&known_hosts, &known_text).expect("write known_hosts");
+    let identities = user_agent
+        .client()
+        .await
+        .list_identities()
+        .await
+        .expect("list");
+    let grant = build_grant(
+        "github.test".parse().expect("host"),
+        &identities,
+        None,
+        &KnownHosts::parse(&known_text),
+    )
+    .expect("grant");
+    let (proxy, sink) = start_proxy(d, &user_agent.socket, vec![grant]).await;
+
+    let push = |alias: &'static str, port: u16, repo: &'static str| {
+        let command = format!(
+            "/usr/bin/ssh {}",
+            ssh_options(d, proxy.socket_path(), &known_hosts, alias).join(" ")
+        );
+        let work = work.clone();
+        async move {
+            let url = format!("ssh://git@127.0.0.1:{port}/{repo}");
+            git(
+                &work,
+                &["push", "--quiet", &url, "HEAD:refs/heads/main"],
+                Some(&command),
+            )
+            .await
+        }
+    };
+    let out = push("github.test", github.port, "github.git").await;
+    assert!(
+        out.status.success(),
+        "git push to the granted host failed: {}\nevents: {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        sink.events()
+    );
+    let pushed = git(
+        &d.join("github.git"),
+        &["rev-parse", "refs/heads/main"],
+        None,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&pushed.stdout).trim(),
+        head,
+        "the commit arrived"
+    );
+
+    let out = push("other.test", other.port, "other.git").await;
+    assert!(
+        !out.status.success(),
+        "git push to an ungranted host must fail"
+    );
+    let absent = git(
+        &d.join("other.git"),
+        &["rev-parse", "--verify", "--quiet", "refs/heads/main"],
+        None,
+    )
+    .await;
+    assert!(
+        !absent.status.success(),
+        "nothing arrived at the ungranted host"
+    );
+    let decisions: Vec<(Decision, Option<String>)> = signs(&sink.events())
+        .into_iter()
+        .map(|s| (s.decision, s.host.map(|h| h.to_string())))
+        .collect();
+    assert_eq!(
+        decisions.first(),
+        Some(&(Decision::Allowed, Some("github.test".to_owned()))),
+        "{decisions:?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .skip(1)
+            .all(|(d, _)| *d == Decision::Denied),
+        "{decisions:?}"
     );
     proxy.shutdown().await;
 }
