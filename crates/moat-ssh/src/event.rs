@@ -121,6 +121,10 @@ pub struct SignEvent {
     pub bound: bool,
     /// Signature flags the client asked for (`2` = rsa-sha2-256, `4` = rsa-sha2-512).
     pub flags: u32,
+    /// The remote user the client logs in as (`git` for `git@github.com`), when the data is a
+    /// user-authentication request; at most 64 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The algorithm of the returned signature, e.g. `rsa-sha2-512`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature_algorithm: Option<String>,
@@ -208,6 +212,7 @@ mod tests {
             host_key: None,
             bound: false,
             flags: 4,
+            user: Some("git".to_owned()),
             signature_algorithm: None,
             reason: Some("session not bound".to_owned()),
         });
@@ -216,6 +221,7 @@ mod tests {
         assert_eq!(json["decision"], "denied");
         assert_eq!(json["host"], "github.com");
         assert_eq!(json["flags"], 4);
+        assert_eq!(json["user"], "git");
         assert_eq!(json["reason"], "session not bound");
         assert!(json.get("signature_algorithm").is_none());
     }

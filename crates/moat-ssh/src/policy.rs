@@ -444,6 +444,18 @@ impl Policy {
     }
 }
 
+/// The user name a sign request's data asks to log in as (`git` for `git@github.com`), if the
+/// data is a publickey user-authentication request; at most 64 characters, for audit records.
+pub fn userauth_user(data: &[u8]) -> Option<String> {
+    let auth = UserAuth::parse(data)?;
+    Some(
+        String::from_utf8_lossy(auth.user)
+            .chars()
+            .take(64)
+            .collect(),
+    )
+}
+
 /// Host key algorithms ending in this are OpenSSH certificates (`PROTOCOL.certkeys`).
 const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
 
@@ -467,6 +479,7 @@ fn sorted_unique(hosts: impl Iterator<Item = SshHost>) -> Vec<SshHost> {
 #[derive(Debug)]
 struct UserAuth<'a> {
     session_id: &'a [u8],
+    user: &'a [u8],
     key: &'a [u8],
     host_key: Option<&'a [u8]>,
 }
@@ -482,7 +495,7 @@ impl<'a> UserAuth<'a> {
         if r.u8("message").ok()? != USERAUTH_REQUEST {
             return None;
         }
-        let _user = r.string("user").ok()?;
+        let user = r.string("user").ok()?;
         let _service = r.string("service").ok()?;
         let method = r.string("method").ok()?;
         if !r.bool("has signature").ok()? {
@@ -503,6 +516,7 @@ impl<'a> UserAuth<'a> {
         }
         Some(Self {
             session_id,
+            user,
             key,
             host_key,
         })

@@ -461,6 +461,7 @@ impl Connection {
             host_key: self.session.bound_host_key(),
             bound: self.session.is_bound(),
             flags: request.flags,
+            user: crate::policy::userauth_user(&request.data),
             signature_algorithm: None,
             reason: None,
         };

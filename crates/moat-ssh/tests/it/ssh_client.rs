@@ -301,6 +301,7 @@ async fn openssh_client_logs_in_only_to_the_granted_host() {
     };
     assert_eq!(sign.decision, Decision::Allowed);
     assert!(sign.bound, "the stock client bound its session");
+    assert_eq!(sign.user.as_deref(), Some("git"));
     assert_eq!(
         sign.host.as_ref().map(ToString::to_string).as_deref(),
         Some("github.test")
