@@ -640,4 +640,39 @@ mod tests {
         .expect("write");
         assert!(matches!(store.list(), Err(GrantStoreError::Corrupt { .. })));
     }
+
+    /// The file format is a contract with older and newer moat versions: pin it.
+    #[test]
+    fn file_format_is_stable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SshGrantStore::new(dir.path().join("ssh.json"));
+        let mut grant =
+            build_grant(host("github.com"), &ids()[..1], None, &known()).expect("grant");
+        grant.created_at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        store.upsert(grant).expect("write");
+        let text = fs::read_to_string(store.path()).expect("read");
+        let expected = format!(
+            r#"{{
+  "version": 1,
+  "grants": [
+    {{
+      "host": "github.com",
+      "key": {{
+        "fingerprint": "SHA256:NfVuGSTVZRb6lBvL8m9P5DvxWyqUfI0VWL3xruAg6x8",
+        "public_key": "{ED}",
+        "comment": "c"
+      }},
+      "host_keys": [
+        "{ED}"
+      ],
+      "created_at": "2026-01-02T03:04:05Z"
+    }}
+  ]
+}}
+"#
+        );
+        assert_eq!(text, expected);
+    }
 }
