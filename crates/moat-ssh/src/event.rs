@@ -131,6 +131,10 @@ pub struct SignEvent {
     /// Why it was denied, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A stable code for the denial (see [`crate::policy::SignDenial::code`]), or
+    /// `upstream_failed` when the user's agent did not sign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denial: Option<&'static str>,
 }
 
 /// A refused request.
@@ -215,6 +219,7 @@ mod tests {
             user: Some("git".to_owned()),
             signature_algorithm: None,
             reason: Some("session not bound".to_owned()),
+            denial: Some("unbound"),
         });
         assert_eq!(event.event_type(), "ssh.sign");
         let json = event.to_json();
@@ -223,6 +228,7 @@ mod tests {
         assert_eq!(json["flags"], 4);
         assert_eq!(json["user"], "git");
         assert_eq!(json["reason"], "session not bound");
+        assert_eq!(json["denial"], "unbound");
         assert!(json.get("signature_algorithm").is_none());
     }
 

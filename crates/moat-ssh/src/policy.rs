@@ -131,6 +131,25 @@ pub enum SignDenial {
     HostKeyMismatch,
 }
 
+impl SignDenial {
+    /// A stable machine-readable code for audit queries, e.g. `host_not_granted`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::KeyNotGranted { .. } => "key_not_granted",
+            Self::Unbound => "unbound",
+            Self::UnboundAmbiguous { .. } => "unbound_ambiguous",
+            Self::Poisoned => "poisoned",
+            Self::HostNotGranted { .. } => "host_not_granted",
+            Self::ForwardingSession { .. } => "forwarding_session",
+            Self::ForwardedThroughUngranted { .. } => "forwarded_through_ungranted",
+            Self::NotUserAuth => "not_userauth",
+            Self::SessionMismatch => "session_mismatch",
+            Self::KeyMismatch => "key_mismatch",
+            Self::HostKeyMismatch => "host_key_mismatch",
+        }
+    }
+}
+
 /// Why a session binding was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -464,12 +464,14 @@ impl Connection {
             user: crate::policy::userauth_user(&request.data),
             signature_algorithm: None,
             reason: None,
+            denial: None,
         };
         let allowed = match self.shared.policy.authorize(&self.session, request) {
             Ok(allowed) => allowed,
             Err(denial) => {
                 event.host = self.shared.policy.bound_host(&self.session);
                 event.reason = Some(denial.to_string());
+                event.denial = Some(denial.code());
                 let _ = self.shared.sink.record(&SshEvent::Sign(event));
                 return None;
             }
@@ -480,6 +482,7 @@ impl Connection {
             Ok(reply) => reply,
             Err(e) => {
                 event.reason = Some(e.to_string());
+                event.denial = Some("upstream_failed");
                 let _ = self.shared.sink.record(&SshEvent::Sign(event));
                 return None;
             }
@@ -494,6 +497,7 @@ impl Connection {
             }
             _ => {
                 event.reason = Some("the user's ssh agent refused to sign (locked, key removed or confirmation declined)".to_owned());
+                event.denial = Some("upstream_failed");
                 let _ = self.shared.sink.record(&SshEvent::Sign(event));
                 None
             }
