@@ -263,6 +263,7 @@ async fn bound_session_signs_and_other_host_is_refused() {
         denied_other.host_key,
         Some(f.other_host.public.fingerprint())
     );
+    assert_eq!(denied_other.denial, Some("host_not_granted"));
     assert!(
         denied_other
             .reason
