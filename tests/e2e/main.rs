@@ -6,3 +6,4 @@ mod errors;
 mod grant;
 mod lifecycle;
 mod run;
+mod ssh;

@@ -35,7 +35,7 @@ const PACKAGES: &[&str] = &[
 const LABEL: &str = "dev.moat.test-image-recipe";
 
 fn recipe_hash() -> String {
-    let recipe = format!("v1 {SUITE} {MIRROR} {}", PACKAGES.join(","));
+    let recipe = format!("v2 {SUITE} {MIRROR} {}", PACKAGES.join(","));
     hex::encode(&Sha256::digest(recipe.as_bytes())[..8])
 }
 
@@ -70,8 +70,16 @@ pub(crate) fn test_image(args: &[&str]) -> Result<()> {
     if !status.success() {
         bail!("debootstrap failed ({status}); see the messages above");
     }
-    // Leave apt caches out of the image.
+    // Leave apt caches out of the image, and the SSH host keys openssh-server generated at
+    // install time: every container of the image would share them.
     let _ = std::fs::remove_dir_all(root.join("var/cache/apt/archives"));
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssh")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     import(&root, &hash)?;
     eprintln!("built {TEST_IMAGE}");
     Ok(())

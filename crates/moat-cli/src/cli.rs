@@ -90,6 +90,9 @@ pub(crate) struct RunArgs {
     /// Command to run instead of moat.yaml `command` (after `--`).
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
+    /// Credential to grant the run (repeatable; merged with moat.yaml `grants`).
+    #[arg(short = 'g', long = "grant", value_name = "GRANT")]
+    pub(crate) grants: Vec<String>,
     /// Environment variable for the container (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
     pub(crate) env: Vec<String>,
@@ -159,6 +162,15 @@ pub(crate) struct GrantArgs {
     /// Save without checking the credential with the provider.
     #[arg(long)]
     pub(crate) no_validate: bool,
+    /// `grant ssh`: the SSH destination (`github.com`, `host:2222`).
+    #[arg(long, value_name = "HOST")]
+    pub(crate) host: Option<String>,
+    /// `grant ssh`: the agent key to grant, as a `SHA256:` fingerprint or a key file.
+    #[arg(long, value_name = "PATH|FINGERPRINT")]
+    pub(crate) key: Option<String>,
+    /// `grant ssh`: read host keys from this file instead of ~/.ssh/known_hosts.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) known_hosts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod cmd;
 mod context;
 mod error;
 mod output;
+mod ssh;
 mod term;
 
 use clap::CommandFactory;

@@ -26,6 +26,22 @@ pub(crate) async fn grant(ctx: &Context, args: GrantArgs) -> CliResult<i32> {
     if args.provider == "list" {
         return list(ctx);
     }
+    if args.provider == "ssh" {
+        let Some(host) = args.host.as_deref() else {
+            return Err(
+                CliError::new(EXIT_FAILURE, "`moat grant ssh` needs `--host HOST`")
+                    .hint("e.g. `moat grant ssh --host github.com`"),
+            );
+        };
+        return crate::ssh::grant(ctx, host, args.key.as_deref(), args.known_hosts.as_deref())
+            .await;
+    }
+    if args.host.is_some() || args.key.is_some() || args.known_hosts.is_some() {
+        return Err(CliError::new(
+            EXIT_FAILURE,
+            "`--host`, `--key` and `--known-hosts` apply to `moat grant ssh` only",
+        ));
+    }
     ctx.ensure_home()?;
     let store = ctx.credential_store()?;
     let providers = ctx.providers();
@@ -96,6 +112,14 @@ fn list(ctx: &Context) -> CliResult<i32> {
     let listing = store
         .list()
         .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
+    let ssh_rows = crate::ssh::list(ctx)?.into_iter().map(|g| ListedGrant {
+        name: g.name(),
+        source: Some(format!("ssh-agent key {}", g.key.fingerprint)),
+        created_at: None,
+        last_validated_at: None,
+        account: None,
+        error: None,
+    });
     let rows: Vec<ListedGrant> = listing
         .into_iter()
         .map(|entry| match entry.meta {
@@ -116,6 +140,7 @@ fn list(ctx: &Context) -> CliResult<i32> {
                 error: Some(moat_core::orchestrator::error_chain(&e)),
             },
         })
+        .chain(ssh_rows)
         .collect();
     if ctx.args.json {
         output::json(&rows);
@@ -132,6 +157,11 @@ fn list(ctx: &Context) -> CliResult<i32> {
     for r in &rows {
         match &r.error {
             Some(e) => text.push_str(&format!("{:<12} unreadable: {e}\n", r.name)),
+            None if r.created_at.is_none() => text.push_str(&format!(
+                "{:<12} {}\n",
+                r.name,
+                r.source.as_deref().unwrap_or("-")
+            )),
             None => text.push_str(&format!(
                 "{:<12} {:<22} created {}  validated {}{}\n",
                 r.name,
@@ -156,8 +186,12 @@ fn list(ctx: &Context) -> CliResult<i32> {
 /// `moat revoke <provider>`.
 pub(crate) fn revoke(ctx: &Context, provider: &str) -> CliResult<i32> {
     let dir = ctx.home.join("credentials");
-    let removed = moat_creds::store::revoke_grant(&dir, provider)
-        .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
+    let removed = if provider.starts_with("ssh:") {
+        crate::ssh::revoke(ctx, provider)?
+    } else {
+        moat_creds::store::revoke_grant(&dir, provider)
+            .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?
+    };
     if removed {
         output::info(ctx, format_args!("revoked {provider}"));
         Ok(0)

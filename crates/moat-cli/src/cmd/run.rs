@@ -48,9 +48,13 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> CliResult<i32> {
     pull_with_progress(ctx, &orch, &plan.request.image)
         .await
         .map_err(pre)?;
-    let meta = orch
+    crate::ssh::check_run_grants(ctx, &plan.request.grants)?;
+    let mut meta = orch
         .create_run(plan.request)
         .map_err(|e| CliError::from_error(EXIT_PRE_RUN, &e))?;
+    if !crate::ssh::ssh_grant_names(&meta.grants).is_empty() {
+        meta = crate::ssh::prepare_run(ctx, &meta)?;
+    }
     if args.detach {
         return spawn_detached(ctx, &meta);
     }
@@ -77,7 +81,13 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
     if let Some(p) = &config_path {
         output::debug(ctx, format_args!("using {}", p.display()));
     }
-    refuse_unavailable(&config)?;
+    let mut grants = config.grants.clone();
+    for g in &args.grants {
+        if !grants.contains(g) {
+            grants.push(g.clone());
+        }
+    }
+    refuse_unavailable(&config, &grants)?;
     let runtime = match args.runtime {
         Some(RuntimeArg::Docker) => RuntimeKind::Docker,
         Some(RuntimeArg::Apple) => RuntimeKind::Apple,
@@ -161,7 +171,6 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
         }
         mounts.push((source, m.target.clone(), m.readonly));
     }
-    let grants = config.grants.clone();
     let spec = RunSpec {
         command,
         env,
@@ -191,16 +200,21 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
 
 /// Refuses moat.yaml features this version cannot honour yet, rather than silently running
 /// without them.
-fn refuse_unavailable(config: &MoatConfig) -> CliResult<()> {
-    if !config.grants.is_empty() {
+fn refuse_unavailable(config: &MoatConfig, grants: &[String]) -> CliResult<()> {
+    let injected: Vec<&str> = grants
+        .iter()
+        .filter(|g| !g.starts_with("ssh:"))
+        .map(String::as_str)
+        .collect();
+    if !injected.is_empty() {
         return Err(CliError::new(
             EXIT_PRE_RUN,
             format!(
-                "moat.yaml asks for grants ({}), but credential injection is not available in this version",
-                config.grants.join(", ")
+                "the run asks for grants ({}), but network-layer credential injection is not available in this version",
+                injected.join(", ")
             ),
         )
-        .hint("remove `grants:` from moat.yaml to run without credentials"));
+        .hint("only `ssh:<host>` grants work today; remove the others from `grants:` / `--grant`"));
     }
     if !config.secrets.is_empty() {
         return Err(CliError::new(
@@ -294,9 +308,13 @@ async fn supervise_foreground(
         started: None,
     };
     let audit = open_audit(ctx, orch, &meta.id)?;
+    let agent = start_ssh_agent(ctx, orch, meta, audit.clone()).await?;
     let outcome = orch
         .supervise(&meta.id, io, audit, std::process::id())
         .await;
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     drop(_raw);
     match outcome {
         Ok(outcome) => {
@@ -330,6 +348,29 @@ fn open_audit(ctx: &Context, orch: &Orchestrator, id: &RunId) -> CliResult<Arc<d
                 m.error = Some(message);
                 m.ended_at = Some(chrono::Utc::now());
             });
+            Err(e)
+        }
+    }
+}
+
+/// Starts the run's SSH agent proxy; a failure marks the run failed before its container
+/// exists.
+async fn start_ssh_agent(
+    ctx: &Context,
+    orch: &Orchestrator,
+    meta: &RunMetadata,
+    audit: Arc<dyn AuditSink>,
+) -> CliResult<Option<moat_ssh::AgentProxy>> {
+    match crate::ssh::start_agent(ctx, meta, audit.clone()).await {
+        Ok(agent) => Ok(agent),
+        Err(e) => {
+            let message = e.message.clone();
+            let _ = orch.store().update(&meta.id, |m| {
+                m.state = moat_core::run::RunState::Failed;
+                m.error = Some(message);
+                m.ended_at = Some(chrono::Utc::now());
+            });
+            let _ = audit.close();
             Err(e)
         }
     }
@@ -428,7 +469,18 @@ pub(crate) async fn supervise_detached(ctx: &Context, run_id: &str) -> CliResult
             return Err(e);
         }
     };
-    match orch.supervise(&id, io, audit, std::process::id()).await {
+    let agent = match start_ssh_agent(ctx, &orch, &meta, audit.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            output::data_line(&format!("error: {}", e.message));
+            return Err(e);
+        }
+    };
+    let result = orch.supervise(&id, io, audit, std::process::id()).await;
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
+    match result {
         Ok(outcome) => Ok(i32::try_from(outcome.exit_code).unwrap_or(1)),
         Err(e) => {
             let err = CliError::from_error(EXIT_PRE_RUN, &e);
