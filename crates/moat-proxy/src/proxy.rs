@@ -742,7 +742,7 @@ impl Tunnel {
             return finish_now(run, record, start, &req, resp);
         }
         let rules = run.credentials.rules();
-        let policy_path = req.uri().path().to_owned();
+        let policy_path = normalize_path(req.uri().path());
         if let Decision::Deny(reason) =
             run.decide_request(&rules, &target.host, target.port, &method, &policy_path)
         {
@@ -932,9 +932,13 @@ async fn handle_plain(
     let url = format!("http://{}{path}", target.authority(80));
     let mut record = new_record(&run, &method, &url, &target.host);
     let rules = run.credentials.rules();
-    if let Decision::Deny(reason) =
-        run.decide_request(&rules, &target.host, target.port, &method, uri.path())
-    {
+    if let Decision::Deny(reason) = run.decide_request(
+        &rules,
+        &target.host,
+        target.port,
+        &method,
+        &normalize_path(uri.path()),
+    ) {
         let resp = deny_response(&reason);
         record.decision = RecordDecision::Denied;
         record.reason = Some(reason.code().into());
@@ -1039,6 +1043,69 @@ fn deny_response(reason: &DenyReason) -> Response<ProxyBody> {
         &reason.to_string(),
         &format!("to allow it, add to moat.yaml:\n{}", reason.suggestion()),
     )
+}
+
+/// The path as policy sees it: percent-encoded unreserved characters decoded, dot segments
+/// removed and repeated slashes collapsed, so `/a/../admin` or `/%61dmin` cannot slip past a
+/// rule written for `/admin`. The request is forwarded with its original path.
+pub(crate) fn normalize_path(path: &str) -> String {
+    let mut decoded = String::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%'
+            && let (Some(h), Some(l)) = (bytes.get(i + 1), bytes.get(i + 2))
+            && let (Some(h), Some(l)) = (hex_val(*h), hex_val(*l))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(char::from(c));
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                decoded.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'%' {
+            // A stray `%` is spelled `%25` so that normalising twice changes nothing.
+            decoded.push_str("%25");
+            i += 1;
+            continue;
+        }
+        decoded.push(char::from(b));
+        i += 1;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() || (decoded.ends_with('/') && !segments.is_empty()) {
+        out.push('/');
+    }
+    out
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// The inner request's `Host` and `:authority` must name the CONNECT target.
@@ -1290,6 +1357,85 @@ mod tests {
             "a..b:443",
         ] {
             assert_eq!(parse_authority(bad, None), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised_for_policy() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/repos/../admin/x", "/admin/x"),
+            ("/%61dmin", "/admin"),
+            ("//admin///x", "/admin/x"),
+            ("/./admin/./x", "/admin/x"),
+            ("/../../admin", "/admin"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/%zz", "/%25zz"),
+            ("/%", "/%25"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw:?}");
+        }
+    }
+
+    mod props {
+        use moat_core::egress::EgressPolicy;
+        use moat_core::egress::HostRules;
+        use moat_core::egress::PathRule;
+        use moat_core::egress::PolicyMode;
+        use moat_core::host::HostPattern;
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn authority_parsing_never_panics_and_round_trips(s in "\\PC{0,40}") {
+                if let Some(t) = parse_authority(&s, None) {
+                    let again = parse_authority(&t.authority(0), None);
+                    prop_assert_eq!(again, Some(t));
+                }
+            }
+
+            #[test]
+            fn normalised_paths_are_stable_and_have_no_dot_segments(s in "[/a.%2eE0-9]{0,30}") {
+                let n = normalize_path(&s);
+                prop_assert!(n.starts_with('/'));
+                prop_assert!(!n.split('/').any(|seg| seg == ".." || seg == "."));
+                prop_assert_eq!(normalize_path(&n), n.clone());
+            }
+
+            #[test]
+            fn deny_rules_cannot_be_bypassed_by_path_tricks(prefix in "(/[a-z]{1,3}/\\.\\.)*", dots in "(/\\.)*", tail in "[a-z]{0,5}") {
+                let policy = EgressPolicy {
+                    mode: PolicyMode::Permissive,
+                    allow: vec![HostRules {
+                        pattern: HostPattern::parse("h.test").unwrap_or_else(|e| panic!("{e}")),
+                        rules: vec![PathRule::parse("deny * /admin/**").unwrap_or_else(|e| panic!("{e}"))],
+                    }],
+                };
+                let path = format!("{prefix}{dots}/%61dmin/{tail}");
+                let decision = policy.decide_request("h.test", 443, "GET", &normalize_path(&path));
+                prop_assert!(matches!(decision, Decision::Deny(_)), "{path} allowed");
+            }
+
+            #[test]
+            fn policy_decisions_never_panic(method in "[A-Z]{0,8}", path in "\\PC{0,60}", host in "[a-z.]{0,20}", port: u16) {
+                let policy = EgressPolicy {
+                    mode: PolicyMode::Strict,
+                    allow: vec![HostRules {
+                        pattern: HostPattern::parse("*.test").unwrap_or_else(|e| panic!("{e}")),
+                        rules: vec![
+                            PathRule::parse("allow GET /**").unwrap_or_else(|e| panic!("{e}")),
+                            PathRule::parse("deny * /a/*/b").unwrap_or_else(|e| panic!("{e}")),
+                        ],
+                    }],
+                };
+                let _ = policy.decide_request(&host, port, &method, &normalize_path(&path));
+            }
         }
     }
 

@@ -178,6 +178,33 @@ mod tests {
         assert_eq!(&s.finish()[..], b"ghp_SEC");
     }
 
+    proptest::proptest! {
+        /// However the body is cut into chunks, the output is the same as scrubbing it whole,
+        /// and no secret survives.
+        #[test]
+        fn chunking_does_not_matter(
+            parts in proptest::collection::vec("(ghp_SECRET|ghp_|SEC|RET|[a-z ]{0,6})", 0..20),
+            cuts in proptest::collection::vec(0usize..200, 0..10),
+        ) {
+            let text: Vec<u8> = parts.concat().into_bytes();
+            let mut whole = scrubber();
+            let expected = run(&mut whole, &[&text]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            for c in cuts {
+                chunks.push(&text[start..c]);
+                start = c;
+            }
+            chunks.push(&text[start..]);
+            let mut s = scrubber();
+            let got = run(&mut s, &chunks);
+            proptest::prop_assert_eq!(&got, &expected);
+            proptest::prop_assert!(!got.windows(10).any(|w| w == b"ghp_SECRET"));
+        }
+    }
+
     #[test]
     fn headers() {
         let pairs = vec![(b"S".to_vec(), b"P".to_vec())];
