@@ -69,7 +69,7 @@ impl Default for UpstreamSettings {
             tls_handshake_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(300),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
+            pool_max_idle_per_host: 1024,
         }
     }
 }
