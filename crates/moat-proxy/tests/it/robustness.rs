@@ -127,3 +127,70 @@ async fn graceful_shutdown_stops_accepting() {
         assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     }
 }
+
+fn limits() -> moat_proxy::Limits {
+    moat_proxy::Limits {
+        max_connections: 2,
+        handshake_timeout: std::time::Duration::from_secs(1),
+        header_read_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn idle_clients_are_disconnected_by_timeouts() {
+    let h = harness_with(
+        EgressPolicy::default(),
+        vec![],
+        Default::default(),
+        limits(),
+    )
+    .await;
+    // A tunnel whose client never starts TLS.
+    let (code, mut tcp, _) = h.connect(&format!("{API}:443")).await;
+    assert_eq!(code, 200);
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(T, tcp.read_to_end(&mut out)).await;
+    assert!(
+        r.is_ok(),
+        "a silent tunnel must be closed by the handshake timeout"
+    );
+    drop(tcp);
+    // A client that never finishes its request head.
+    let mut tcp = TcpStream::connect(h.proxy.local_addr()).await.unwrap();
+    tcp.write_all(b"CONNECT api.exa").await.unwrap();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(T, tcp.read_to_end(&mut out)).await;
+    assert!(
+        r.is_ok(),
+        "a slow request head must be cut off by the header timeout"
+    );
+}
+
+#[tokio::test]
+async fn connection_cap_makes_extra_clients_wait() {
+    let limits = moat_proxy::Limits {
+        handshake_timeout: std::time::Duration::from_secs(60),
+        header_read_timeout: std::time::Duration::from_secs(60),
+        ..limits()
+    };
+    let h = harness_with(EgressPolicy::default(), vec![], Default::default(), limits).await;
+    let (c1, first, _) = h.connect(&format!("{API}:443")).await;
+    let (c2, _second, _) = h.connect(&format!("{API}:443")).await;
+    assert_eq!((c1, c2), (200, 200));
+    // The third client is accepted by the kernel but not served while two tunnels are open.
+    let mut third = TcpStream::connect(h.proxy.local_addr()).await.unwrap();
+    let req = format!(
+        "CONNECT {API}:443 HTTP/1.1\r\nHost: {API}:443\r\nProxy-Authorization: {}\r\n\r\n",
+        h.auth()
+    );
+    third.write_all(req.as_bytes()).await.unwrap();
+    let mut b = [0u8; 1];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(500), third.read(&mut b)).await;
+    assert!(early.is_err(), "third client served beyond the cap");
+    // Closing one tunnel frees a slot.
+    drop(first);
+    let head = read_head(&mut third).await;
+    assert_eq!(status_code(&head), 200, "{head}");
+}

@@ -411,6 +411,15 @@ pub(crate) async fn harness(
     rules: Vec<InjectionRule>,
     upstream: UpstreamSettings,
 ) -> Harness {
+    harness_with(policy, rules, upstream, moat_proxy::Limits::default()).await
+}
+
+pub(crate) async fn harness_with(
+    policy: EgressPolicy,
+    rules: Vec<InjectionRule>,
+    upstream: UpstreamSettings,
+    limits: moat_proxy::Limits,
+) -> Harness {
     let ca = Arc::new(ok(CertificateAuthority::generate()));
     let token = moat_proxy::generate_token();
     let sink = Arc::new(MemorySink::default());
@@ -419,6 +428,7 @@ pub(crate) async fn harness(
         .with_credentials(Arc::new(StaticCredentials::new(rules)));
     let proxy = ok(ProxyBuilder::new(ok("127.0.0.1:0".parse()))
         .upstream(upstream)
+        .limits(limits)
         .run(run)
         .start()
         .await);
