@@ -285,8 +285,8 @@ impl Drop for ResponseBody {
 /// headers and any value containing a secret are replaced by `[REDACTED]`.
 pub(crate) fn redact_headers(
     headers: &HeaderMap,
-    extra: &[&str],
-    secrets: &[&[u8]],
+    extra: &[String],
+    secrets: &[crate::inject::ScrubPair],
 ) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
@@ -294,9 +294,9 @@ pub(crate) fn redact_headers(
         let hidden = REDACTED_HEADERS.contains(&n)
             || extra.iter().any(|e| e.eq_ignore_ascii_case(n))
             || value.is_sensitive()
-            || secrets
-                .iter()
-                .any(|s| !s.is_empty() && value.as_bytes().windows(s.len()).any(|w| w == *s));
+            || secrets.iter().any(|(s, _)| {
+                !s.is_empty() && value.as_bytes().windows(s.len()).any(|w| w == s.as_slice())
+            });
         let shown = if hidden {
             REDACTED.to_owned()
         } else {
@@ -326,7 +326,8 @@ mod tests {
         h.insert("x-token", HeaderValue::from_static("t"));
         h.append("accept", HeaderValue::from_static("a"));
         h.append("accept", HeaderValue::from_static("b"));
-        let r = redact_headers(&h, &["X-Token"], &[b"SECRET"]);
+        let secrets = [(zeroize::Zeroizing::new(b"SECRET".to_vec()), Vec::new())];
+        let r = redact_headers(&h, &["X-Token".to_owned()], &secrets);
         assert_eq!(r["authorization"], REDACTED);
         assert_eq!(r["x-custom"], REDACTED);
         assert_eq!(r["x-token"], REDACTED);

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::HeaderName;
 use http::HeaderValue;
+use moat_core::creds::InjectionFormat;
 use moat_core::creds::InjectionRule;
 use moat_core::creds::base64_encode;
+use zeroize::Zeroizing;
 
 /// Where the proxy gets a run's credential rules from.
 ///
@@ -36,6 +38,48 @@ impl StaticCredentials {
 impl CredentialSource for StaticCredentials {
     fn rules(&self) -> Arc<[InjectionRule]> {
         self.0.clone()
+    }
+}
+
+/// A snapshot of a run's rules with what every request needs precomputed: the pairs the
+/// scrubber replaces (real value → placeholder, also in their Basic-encoded form) and the
+/// header names that are always redacted in records.
+pub(crate) struct CompiledRules {
+    pub(crate) rules: Arc<[InjectionRule]>,
+    pub(crate) scrub_pairs: Arc<[ScrubPair]>,
+    pub(crate) headers: Vec<String>,
+}
+
+/// A secret and what replaces it; the secret half is wiped on drop.
+pub(crate) type ScrubPair = (Zeroizing<Vec<u8>>, Vec<u8>);
+
+impl CompiledRules {
+    pub(crate) fn new(rules: Arc<[InjectionRule]>) -> Self {
+        let mut pairs: Vec<ScrubPair> = Vec::new();
+        for r in rules.iter() {
+            let real = r.value.expose();
+            if real.is_empty() {
+                continue;
+            }
+            pairs.push((
+                Zeroizing::new(real.as_bytes().to_vec()),
+                r.placeholder.as_bytes().to_vec(),
+            ));
+            if let InjectionFormat::Basic { username } = &r.format {
+                let enc = base64_encode(format!("{username}:{real}").as_bytes());
+                let ph = base64_encode(format!("{username}:{}", r.placeholder).as_bytes());
+                pairs.push((Zeroizing::new(enc.into_bytes()), ph.into_bytes()));
+            }
+        }
+        let headers = rules
+            .iter()
+            .map(|r| r.header.to_ascii_lowercase())
+            .collect();
+        Self {
+            rules,
+            scrub_pairs: pairs.into(),
+            headers,
+        }
     }
 }
 
@@ -163,7 +207,6 @@ pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use moat_core::Secret;
-    use moat_core::creds::InjectionFormat;
     use moat_core::host::HostPattern;
 
     use super::*;

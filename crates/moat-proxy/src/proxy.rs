@@ -59,6 +59,7 @@ use crate::body::redact_headers;
 use crate::ca::CertificateAuthority;
 use crate::guard::Guard;
 use crate::inject;
+use crate::inject::CompiledRules;
 use crate::inject::CredentialSource;
 use crate::inject::Injection;
 use crate::inject::StaticCredentials;
@@ -108,6 +109,7 @@ pub struct RunContext {
     credentials: Arc<dyn CredentialSource>,
     sink: Arc<dyn NetworkEventSink>,
     next_id: AtomicU64,
+    compiled: std::sync::Mutex<Option<Arc<CompiledRules>>>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -132,6 +134,7 @@ impl RunContext {
             credentials: Arc::new(StaticCredentials::default()),
             sink,
             next_id: AtomicU64::new(1),
+            compiled: std::sync::Mutex::new(None),
         }
     }
 
@@ -151,6 +154,20 @@ impl RunContext {
     /// The run's CA.
     pub fn ca(&self) -> &Arc<CertificateAuthority> {
         &self.ca
+    }
+
+    /// The current rules, compiled once per snapshot the credential source hands out.
+    fn rules(&self) -> Arc<CompiledRules> {
+        let rules = self.credentials.rules();
+        let mut cache = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cache.as_ref()
+            && Arc::ptr_eq(&c.rules, &rules)
+        {
+            return c.clone();
+        }
+        let compiled = Arc::new(CompiledRules::new(rules));
+        *cache = Some(compiled.clone());
+        compiled
     }
 
     fn next_id(&self) -> String {
@@ -587,8 +604,8 @@ fn handle_connect(
             RecordDecision::Denied,
         );
     };
-    let rules = run.credentials.rules();
-    if let Decision::Deny(reason) = run.decide_host(&rules, &target.host, target.port) {
+    let compiled = run.rules();
+    if let Decision::Deny(reason) = run.decide_host(&compiled.rules, &target.host, target.port) {
         let resp = deny_response(&reason);
         let url = format!("https://{}", target.authority(443));
         return record_now(
@@ -741,10 +758,11 @@ impl Tunnel {
             record.reason = Some("authority-mismatch".into());
             return finish_now(run, record, start, &req, resp);
         }
-        let rules = run.credentials.rules();
+        let compiled = run.rules();
+        let rules = &compiled.rules;
         let policy_path = normalize_path(req.uri().path());
         if let Decision::Deny(reason) =
-            run.decide_request(&rules, &target.host, target.port, &method, &policy_path)
+            run.decide_request(rules, &target.host, target.port, &method, &policy_path)
         {
             let resp = deny_response(&reason);
             record.decision = RecordDecision::Denied;
@@ -754,33 +772,20 @@ impl Tunnel {
 
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let covered = inject::covers(&rules, &target.host, target.port);
+        let covered = inject::covers(rules, &target.host, target.port);
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::HOST);
-        let injection = inject::apply(&rules, &target.host, target.port, &mut parts.headers);
+        let injection = inject::apply(rules, &target.host, target.port, &mut parts.headers);
         if let Injection::Injected(grant) = &injection {
             record.grant = Some(grant.clone());
         }
         if covered {
             restrict_accept_encoding(&mut parts.headers);
         }
-        let secrets: Vec<(Vec<u8>, Vec<u8>)> = if covered {
-            rules
-                .iter()
-                .map(|r| {
-                    (
-                        r.value.expose().as_bytes().to_vec(),
-                        r.placeholder.as_bytes().to_vec(),
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let secret_refs: Vec<&[u8]> = rules.iter().map(|r| r.value.expose().as_bytes()).collect();
-        let rule_headers: Vec<&str> = rules.iter().map(|r| r.header.as_str()).collect();
-        record.req_headers = redact_headers(&parts.headers, &rule_headers, &secret_refs);
+        let secrets = &compiled.scrub_pairs;
+        let rule_headers = &compiled.headers;
+        record.req_headers = redact_headers(&parts.headers, rule_headers, secrets);
         parts.uri = match Uri::builder()
             .scheme("https")
             .authority(target.authority(443))
@@ -830,7 +835,7 @@ impl Tunnel {
                 tokio::spawn(splice(client_upgrade, upstream_upgrade));
             }
             record.status = Some(101);
-            record.resp_headers = redact_headers(&rparts.headers, &rule_headers, &secret_refs);
+            record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
             return finish_parts(
                 run,
                 record,
@@ -843,7 +848,7 @@ impl Tunnel {
         let mut scrub = None;
         if covered && !secrets.is_empty() {
             for value in rparts.headers.values_mut() {
-                if let Some(clean) = scrub_all(&secrets, value.as_bytes())
+                if let Some(clean) = scrub_all(secrets, value.as_bytes())
                     && let Ok(v) = HeaderValue::from_bytes(&clean)
                 {
                     *value = v;
@@ -870,11 +875,11 @@ impl Tunnel {
                 };
                 rparts.headers.remove(header::CONTENT_ENCODING);
                 rparts.headers.remove(header::CONTENT_LENGTH);
-                scrub = Some((decode, Scrubber::new(secrets)));
+                scrub = Some((decode, Scrubber::new(secrets.clone())));
             }
         }
         record.status = Some(rparts.status.as_u16());
-        record.resp_headers = redact_headers(&rparts.headers, &rule_headers, &secret_refs);
+        record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
         let pending = PendingRecord {
             sink: run.sink.clone(),
             record,
@@ -931,9 +936,9 @@ async fn handle_plain(
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let url = format!("http://{}{path}", target.authority(80));
     let mut record = new_record(&run, &method, &url, &target.host);
-    let rules = run.credentials.rules();
+    let compiled = run.rules();
     if let Decision::Deny(reason) = run.decide_request(
-        &rules,
+        &compiled.rules,
         &target.host,
         target.port,
         &method,
@@ -947,9 +952,7 @@ async fn handle_plain(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     parts.headers.remove(header::HOST);
-    let secret_refs: Vec<&[u8]> = rules.iter().map(|r| r.value.expose().as_bytes()).collect();
-    let rule_headers: Vec<&str> = rules.iter().map(|r| r.header.as_str()).collect();
-    record.req_headers = redact_headers(&parts.headers, &rule_headers, &secret_refs);
+    record.req_headers = redact_headers(&parts.headers, &compiled.headers, &compiled.scrub_pairs);
     parts.version = Version::HTTP_11;
     let req_bytes = Arc::new(AtomicU64::new(0));
     let upstream_req =
@@ -972,7 +975,7 @@ async fn handle_plain(
     let (mut rparts, rbody) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers, false);
     record.status = Some(rparts.status.as_u16());
-    record.resp_headers = redact_headers(&rparts.headers, &rule_headers, &secret_refs);
+    record.resp_headers = redact_headers(&rparts.headers, &compiled.headers, &compiled.scrub_pairs);
     let pending = PendingRecord {
         sink: run.sink.clone(),
         record,
@@ -1263,10 +1266,8 @@ fn finish_now(
     req: &Request<Incoming>,
     resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    let rules = run.credentials.rules();
-    let secret_refs: Vec<&[u8]> = rules.iter().map(|r| r.value.expose().as_bytes()).collect();
-    let rule_headers: Vec<&str> = rules.iter().map(|r| r.header.as_str()).collect();
-    record.req_headers = redact_headers(req.headers(), &rule_headers, &secret_refs);
+    let compiled = run.rules();
+    record.req_headers = redact_headers(req.headers(), &compiled.headers, &compiled.scrub_pairs);
     finish_parts(run, record, start, resp, None)
 }
 

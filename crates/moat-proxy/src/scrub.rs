@@ -4,21 +4,24 @@
 //! start of a secret, so a value split across chunks is caught while ordinary data (an SSE event
 //! ending in a blank line) is forwarded at once.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use bytes::BytesMut;
+
+use crate::inject::ScrubPair;
 
 /// Replaces every occurrence of each secret by its replacement, across chunk boundaries.
 #[derive(Debug, Clone)]
 pub(crate) struct Scrubber {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    pairs: Arc<[ScrubPair]>,
     carry: BytesMut,
     max_len: usize,
 }
 
 impl Scrubber {
     /// `pairs` are (secret, replacement); empty secrets are ignored.
-    pub(crate) fn new(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
-        let pairs: Vec<_> = pairs.into_iter().filter(|(s, _)| !s.is_empty()).collect();
+    pub(crate) fn new(pairs: Arc<[ScrubPair]>) -> Self {
         let max_len = pairs.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
         Self {
             pairs,
@@ -27,14 +30,9 @@ impl Scrubber {
         }
     }
 
-    /// Whether there is anything to scrub.
-    pub(crate) fn is_active(&self) -> bool {
-        !self.pairs.is_empty()
-    }
-
     /// Feeds one chunk; returns what can be forwarded now.
     pub(crate) fn push(&mut self, chunk: Bytes) -> Bytes {
-        if !self.is_active() {
+        if self.max_len == 0 {
             return chunk;
         }
         // Fast path: nothing held back, nothing to replace, nothing to hold: forward as is.
@@ -46,7 +44,7 @@ impl Scrubber {
         }
         self.carry.extend_from_slice(&chunk);
         let mut data = std::mem::take(&mut self.carry).to_vec();
-        for (secret, replacement) in &self.pairs {
+        for (secret, replacement) in self.pairs.iter().filter(|(s, _)| !s.is_empty()) {
             if contains(&data, secret) {
                 data = replace_all(&data, secret, replacement);
             }
@@ -84,7 +82,7 @@ impl Scrubber {
 }
 
 /// Replaces secrets in a complete value (a header).
-pub(crate) fn scrub_all(pairs: &[(Vec<u8>, Vec<u8>)], value: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn scrub_all(pairs: &[ScrubPair], value: &[u8]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     for (secret, replacement) in pairs.iter().filter(|(s, _)| !s.is_empty()) {
         let cur = out.as_deref().unwrap_or(value);
@@ -130,7 +128,13 @@ mod tests {
     use super::*;
 
     fn scrubber() -> Scrubber {
-        Scrubber::new(vec![(b"ghp_SECRET".to_vec(), b"PLACEHOLDER".to_vec())])
+        Scrubber::new(
+            vec![(
+                zeroize::Zeroizing::new(b"ghp_SECRET".to_vec()),
+                b"PLACEHOLDER".to_vec(),
+            )]
+            .into(),
+        )
     }
 
     fn run(s: &mut Scrubber, chunks: &[&[u8]]) -> Vec<u8> {
@@ -207,7 +211,7 @@ mod tests {
 
     #[test]
     fn headers() {
-        let pairs = vec![(b"S".to_vec(), b"P".to_vec())];
+        let pairs = vec![(zeroize::Zeroizing::new(b"S".to_vec()), b"P".to_vec())];
         assert_eq!(scrub_all(&pairs, b"aSbS"), Some(b"aPbP".to_vec()));
         assert_eq!(scrub_all(&pairs, b"ab"), None);
     }

@@ -91,3 +91,34 @@ async fn accept_encoding_is_restricted_for_credentialed_hosts() {
     .await;
     assert!(body.contains("accept-encoding: identity\n"), "{body}");
 }
+
+#[tokio::test]
+async fn basic_encoded_credentials_are_scrubbed_too() {
+    let ca = TestCa::new();
+    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
+    let mut rule = github_rule();
+    rule.format = moat_core::creds::InjectionFormat::Basic {
+        username: "x-access-token".into(),
+    };
+    let h = harness(
+        EgressPolicy::default(),
+        vec![rule],
+        upstream_settings(&ca, &[API], addr),
+    )
+    .await;
+    // The upstream echoes every request header, including the injected Basic credential.
+    let body = body_text(
+        h.request(&format!("{API}:443"), b"h2", get("/echo", API))
+            .await,
+    )
+    .await;
+    let real_b64 = moat_core::creds::base64_encode(format!("x-access-token:{REAL}").as_bytes());
+    let ph_b64 =
+        moat_core::creds::base64_encode(format!("x-access-token:{PLACEHOLDER}").as_bytes());
+    assert_eq!(state.seen_auth(), Some(format!("Basic {real_b64}")));
+    assert!(!body.contains(&real_b64), "{body}");
+    assert!(
+        body.contains(&format!("authorization: Basic {ph_b64}")),
+        "{body}"
+    );
+}
