@@ -220,7 +220,12 @@ impl Body for ResponseBody {
                             return Poll::Ready(Some(Err(e)));
                         }
                     },
-                    Err(frame) => {
+                    Err(mut frame) => {
+                        if let (Some((_, scrubber)), Some(trailers)) =
+                            (&this.scrub, frame.trailers_mut())
+                        {
+                            scrubber.scrub_headers(trailers);
+                        }
                         // Trailers end the body: the held-back tail goes out first, then the
                         // trailers on the next poll.
                         match this.drain() {
@@ -314,9 +319,48 @@ pub(crate) fn redact_headers(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use http::HeaderValue;
+    use zeroize::Zeroizing;
 
     use super::*;
+
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn scrubs_data_split_before_trailers_and_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", HeaderValue::from_static("v=SECRET"));
+        let frames = Frames(VecDeque::from([
+            Frame::data(Bytes::from_static(b"a SEC")),
+            Frame::data(Bytes::from_static(b"RET b SEC")),
+            Frame::trailers(trailers),
+        ]));
+        let pairs: Arc<[crate::inject::ScrubPair]> =
+            vec![(Zeroizing::new(b"SECRET".to_vec()), b"PH".to_vec())].into();
+        let body = ResponseBody::new(
+            frames.boxed_unsync(),
+            Some((Decode::Identity, Scrubber::new(pairs))),
+            None,
+        );
+        let collected = body.collect().await.unwrap_or_else(|e| panic!("{e}"));
+        let t = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(t["x-t"], "v=PH");
+        assert_eq!(&collected.to_bytes()[..], b"a PH b SEC");
+    }
 
     #[test]
     fn redaction() {

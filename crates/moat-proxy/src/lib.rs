@@ -36,5 +36,6 @@ pub use proxy::ProxyBuilder;
 pub use proxy::ProxyError;
 pub use proxy::RunContext;
 pub use proxy::generate_token;
+pub use upstream::SettingsError;
 pub use upstream::UpstreamError;
 pub use upstream::UpstreamSettings;

@@ -30,6 +30,17 @@ impl Scrubber {
         }
     }
 
+    /// Replaces secrets in header values (response trailers), in place.
+    pub(crate) fn scrub_headers(&self, headers: &mut http::HeaderMap) {
+        for value in headers.values_mut() {
+            if let Some(clean) = scrub_all(&self.pairs, value.as_bytes())
+                && let Ok(v) = http::HeaderValue::from_bytes(&clean)
+            {
+                *value = v;
+            }
+        }
+    }
+
     /// Feeds one chunk; returns what can be forwarded now.
     pub(crate) fn push(&mut self, chunk: Bytes) -> Bytes {
         if self.max_len == 0 {

@@ -80,6 +80,73 @@ impl UpstreamSettings {
         self.resolve.insert((host.to_ascii_lowercase(), port), addr);
         self
     }
+
+    /// Adds every certificate of a PEM bundle (such as `MOAT_UPSTREAM_CA`) to the extra roots.
+    pub fn add_pem_roots(&mut self, pem: &str) -> Result<usize, SettingsError> {
+        use rustls::pki_types::pem::PemObject;
+        let mut added = 0;
+        for (index, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+            let cert = cert.map_err(|e| SettingsError::Pem {
+                index,
+                problem: e.to_string(),
+            })?;
+            self.extra_roots.push(cert);
+            added += 1;
+        }
+        if added == 0 {
+            return Err(SettingsError::NoCertificates);
+        }
+        Ok(added)
+    }
+
+    /// Adds overrides written like `MOAT_RESOLVE`: comma-separated `host:port=ip:port` items
+    /// (IPv6 addresses in brackets).
+    pub fn add_resolve_overrides(&mut self, spec: &str) -> Result<(), SettingsError> {
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || SettingsError::Resolve {
+                item: item.to_owned(),
+            };
+            let (from, to) = item.split_once('=').ok_or_else(bad)?;
+            let (host, port) = from.trim().rsplit_once(':').ok_or_else(bad)?;
+            let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(bad());
+            }
+            let addr: SocketAddr = to.trim().parse().map_err(|_| bad())?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            self.resolve.insert((host.to_ascii_lowercase(), port), addr);
+        }
+        Ok(())
+    }
+}
+
+/// Why upstream settings given as text could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A PEM block could not be read.
+    #[error(
+        "certificate {index} of the upstream ca bundle is not valid pem ({problem}); check the file"
+    )]
+    Pem {
+        /// Zero-based position of the block.
+        index: usize,
+        /// What the parser said.
+        problem: String,
+    },
+    /// The bundle holds no certificate.
+    #[error(
+        "the upstream ca bundle contains no certificate; it must hold `-----BEGIN CERTIFICATE-----` blocks"
+    )]
+    NoCertificates,
+    /// A resolve override is malformed.
+    #[error(
+        "invalid resolve override `{item}`; write `host:port=ip:port`, e.g. `api.github.com:443=127.0.0.1:8443`"
+    )]
+    Resolve {
+        /// The offending item.
+        item: String,
+    },
 }
 
 /// Why an upstream connection could not be made.
@@ -440,4 +507,49 @@ pub(crate) fn find_upstream_error<'a>(
         cur = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_overrides_parse_like_curl() {
+        let mut s = UpstreamSettings::default();
+        s.add_resolve_overrides("API.github.com:443=127.0.0.1:8443, [::1]:80=[::1]:8080,")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.resolve.get(&("api.github.com".to_owned(), 443)),
+            Some(&"127.0.0.1:8443".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
+        assert!(s.resolve.contains_key(&("::1".to_owned(), 80)));
+        for bad in [
+            "nohost=1.2.3.4:1",
+            "a:0=1.2.3.4:1",
+            "a:1=notanip",
+            "a:1",
+            ":1=1.2.3.4:5",
+        ] {
+            assert!(
+                UpstreamSettings::default()
+                    .add_resolve_overrides(bad)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn pem_roots() {
+        let ca = crate::CertificateAuthority::generate().unwrap_or_else(|e| panic!("{e}"));
+        let mut s = UpstreamSettings::default();
+        let bundle = format!("{}{}", ca.cert_pem(), ca.cert_pem());
+        assert_eq!(s.add_pem_roots(&bundle), Ok(2));
+        assert_eq!(s.extra_roots.len(), 2);
+        assert_eq!(
+            s.add_pem_roots("nothing here"),
+            Err(SettingsError::NoCertificates)
+        );
+        assert!(Connector::new(&s, Guard::default(), &[b"h2"]).is_ok());
+    }
 }
