@@ -216,10 +216,7 @@ async fn run(args: Args) {
     };
     let proxy_addr: SocketAddr = addr.parse().unwrap();
     let moat_ca = load_pem_cert(&moat_ca_path);
-    let auth = format!(
-        "Basic {}",
-        moat_core::creds::base64_encode(format!("moat:{token}").as_bytes())
-    );
+    let auth = auth_header(token);
     let idle_rss = rss_mb(child.id());
     let moat = measure(
         &args,
@@ -236,6 +233,18 @@ async fn run(args: Args) {
     if let Some(idle) = idle_rss {
         println!("moat-proxy idle RSS: {idle:.1} MB");
     }
+    // Memory with many open, idle, intercepted client connections.
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        let Ok(conn) = open_tunnel(proxy_addr, &target, &moat_ca, &auth_header(token)).await else {
+            break;
+        };
+        open.push(conn);
+    }
+    if let Some(rss) = rss_mb(child.id()) {
+        println!("moat-proxy RSS with {} open TLS tunnels: {rss:.1} MB", open.len());
+    }
+    drop(open);
     drop(child.stdin.take());
     let _ = child.wait();
 
@@ -272,6 +281,58 @@ async fn run(args: Args) {
         Some(m) => println!("throughput ratio proxy/mitmproxy: {:.2}", moat.rps / m.rps),
         None => println!("throughput ratio proxy/mitmproxy: unavailable"),
     }
+}
+
+fn auth_header(token: &str) -> String {
+    format!(
+        "Basic {}",
+        moat_core::creds::base64_encode(format!("moat:{token}").as_bytes())
+    )
+}
+
+/// A CONNECT tunnel with a completed TLS handshake and one request answered, left open.
+async fn open_tunnel(
+    proxy: SocketAddr,
+    target: &str,
+    ca: &CertificateDer<'static>,
+    auth: &str,
+) -> std::io::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let mut tcp = TcpStream::connect(proxy).await?;
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut b).await? == 0 {
+            return Err(std::io::Error::other("tunnel refused"));
+        }
+        head.push(b[0]);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(std::io::Error::other)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let req = Request::get("/bench")
+        .header("host", target)
+        .body(Full::new(Bytes::new()))
+        .map_err(std::io::Error::other)?;
+    let resp = send.send_request(req).await.map_err(std::io::Error::other)?;
+    let _ = resp.into_body().collect().await;
+    Ok(send)
 }
 
 fn report(name: &str, s: &Stats) {
