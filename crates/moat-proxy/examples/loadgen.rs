@@ -63,6 +63,7 @@ struct Args {
     connections: usize,
     mitmdump: Option<PathBuf>,
     upstream_h1_only: bool,
+    proxy_threads: usize,
 }
 
 fn parse_args() -> Args {
@@ -71,6 +72,7 @@ fn parse_args() -> Args {
         connections: 16,
         mitmdump: None,
         upstream_h1_only: false,
+        proxy_threads: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -81,10 +83,13 @@ fn parse_args() -> Args {
             }
             "--mitmdump" => args.mitmdump = it.next().map(PathBuf::from),
             "--upstream-h1-only" => args.upstream_h1_only = true,
+            "--proxy-threads" => {
+                args.proxy_threads = it.next().and_then(|v| v.parse().ok()).unwrap_or(2)
+            }
             other => {
                 eprintln!(
                     "unknown argument `{other}`; use --seconds N, --connections N, \
-                     --mitmdump PATH, --upstream-h1-only"
+                     --mitmdump PATH, --upstream-h1-only, --proxy-threads N (0: current-thread)"
                 );
                 std::process::exit(2);
             }
@@ -111,17 +116,26 @@ fn main() {
     rt.block_on(run(args));
 }
 
-/// The moat-proxy child: `--proxy-child <upstream-port> <upstream-ca.der>`. Prints its
+/// The moat-proxy child: `--proxy-child <upstream-port> <upstream-ca.der> <ca-out.pem>
+/// <threads>`. Prints its
 /// address, token and CA path, then serves until stdin closes.
 fn proxy_child(args: &[String]) {
     let port: u16 = args[0].parse().unwrap();
     let ca_der = CertificateDer::from(std::fs::read(&args[1]).unwrap());
     let ca_out = PathBuf::from(&args[2]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let threads: usize = args[3].parse().unwrap();
+    let rt = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(async move {
         let ca = Arc::new(moat_proxy::CertificateAuthority::generate().unwrap());
         std::fs::write(&ca_out, ca.cert_pem()).unwrap();
@@ -203,6 +217,7 @@ async fn run(args: Args) {
         .arg(upstream_addr.port().to_string())
         .arg(&ca_der_path)
         .arg(&moat_ca_path)
+        .arg(args.proxy_threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -242,7 +257,10 @@ async fn run(args: Args) {
         open.push(conn);
     }
     if let Some(rss) = rss_mb(child.id()) {
-        println!("moat-proxy RSS with {} open TLS tunnels: {rss:.1} MB", open.len());
+        println!(
+            "moat-proxy RSS with {} open TLS tunnels: {rss:.1} MB",
+            open.len()
+        );
     }
     drop(open);
     drop(child.stdin.take());
@@ -298,7 +316,9 @@ async fn open_tunnel(
     auth: &str,
 ) -> std::io::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
     let mut tcp = TcpStream::connect(proxy).await?;
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n");
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
+    );
     tcp.write_all(req.as_bytes()).await?;
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -330,7 +350,10 @@ async fn open_tunnel(
         .header("host", target)
         .body(Full::new(Bytes::new()))
         .map_err(std::io::Error::other)?;
-    let resp = send.send_request(req).await.map_err(std::io::Error::other)?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
     let _ = resp.into_body().collect().await;
     Ok(send)
 }
