@@ -12,6 +12,34 @@
 //! It deliberately does not read environment variables or files, print, write the CA key
 //! anywhere, re-sign AWS requests (SigV4), or terminate non-TLS protocols inside a CONNECT
 //! tunnel: such tunnels are closed.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use moat_core::egress::{NetworkEventSink, NetworkRecord};
+//! use moat_proxy::{CertificateAuthority, ProxyBuilder, RunContext, StaticCredentials};
+//!
+//! struct Log;
+//! impl NetworkEventSink for Log {
+//!     fn record(&self, _record: NetworkRecord) {}
+//! }
+//!
+//! # async fn run(rules: Vec<moat_core::creds::InjectionRule>) -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = Arc::new(CertificateAuthority::generate()?);
+//! let token = moat_proxy::generate_token();
+//! let run = RunContext::new(token.clone(), ca.clone(), Arc::new(Log))
+//!     .with_credentials(Arc::new(StaticCredentials::new(rules)));
+//! let proxy = ProxyBuilder::new("127.0.0.1:0".parse()?).run(run).start().await?;
+//! // Give the container `HTTPS_PROXY=<proxy_url>` and trust `ca.cert_pem()`.
+//! let _url = proxy.proxy_url(&token);
+//! let _ca_pem = ca.cert_pem();
+//! proxy.shutdown(Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 mod answer;
 mod body;

@@ -257,3 +257,30 @@ async fn plain_http_is_forwarded_without_credentials() {
     assert_eq!(rec.grant, None);
     assert_eq!(rec.status, Some(200));
 }
+
+#[tokio::test]
+async fn silent_upstreams_time_out_with_504() {
+    // Accepts TCP connections and never says anything.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let settings = moat_proxy::UpstreamSettings {
+        tls_handshake_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    }
+    .resolve(API, 443, addr);
+    let h = harness(EgressPolicy::default(), vec![], settings).await;
+    let resp = h
+        .request(&format!("{API}:443"), b"http/1.1", get("/echo", API))
+        .await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-moat-error"], "upstream-timeout");
+    let rec = h.sink.wait_for(&format!("https://{API}/echo")).await;
+    assert_eq!(rec.status, Some(504));
+    assert_eq!(rec.reason.as_deref(), Some("upstream-timeout"));
+}
