@@ -302,7 +302,10 @@ impl ProxyBuilder {
         let client = client_builder(&self.upstream).build(connector);
         let upgrade_client = client_builder(&self.upstream).build(h1_connector);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let max_connections = self.limits.max_connections.max(1);
+        let max_connections = self
+            .limits
+            .max_connections
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let shared = Arc::new(Shared {
             runs: RwLock::new(Vec::new()),
             client,
@@ -326,8 +329,8 @@ impl ProxyBuilder {
     }
 }
 
-/// A running proxy. Dropping it without [`Proxy::shutdown`] stops accepting new clients but
-/// leaves open connections to finish on their own.
+/// A running proxy. Dropping it stops accepting new clients and asks open connections to
+/// finish their in-flight requests, without waiting for them; [`Proxy::shutdown`] also waits.
 #[derive(Debug)]
 pub struct Proxy {
     local_addr: SocketAddr,
@@ -375,7 +378,16 @@ impl Proxy {
         let _ = self.shutdown_tx.send(true);
         self.accept_task.abort();
         let all = u32::try_from(self.shared.max_connections).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(grace, self.shared.connections.acquire_many(all)).await;
+        let connections = self.shared.connections.clone();
+        drop(self);
+        let _ = tokio::time::timeout(grace, connections.acquire_many(all)).await;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        let _ = self.shutdown_tx.send(true);
     }
 }
 

@@ -156,6 +156,20 @@ async fn idle_clients_are_disconnected_by_timeouts() {
         "a silent tunnel must be closed by the handshake timeout"
     );
     drop(tcp);
+    // An intercepted HTTP/1.1 session that goes quiet after its handshake.
+    let ca = TestCa::new();
+    let (addr, _) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
+    let h2 = harness_with(
+        EgressPolicy::default(),
+        vec![],
+        upstream_settings(&ca, &[API], addr),
+        limits(),
+    )
+    .await;
+    let mut tls = h2.tls(&format!("{API}:443"), API, &[b"http/1.1"]).await;
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(T, tls.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "an idle intercepted session must be closed");
     // A client that never finishes its request head.
     let mut tcp = TcpStream::connect(h.proxy.local_addr()).await.unwrap();
     tcp.write_all(b"CONNECT api.exa").await.unwrap();
@@ -193,4 +207,28 @@ async fn connection_cap_makes_extra_clients_wait() {
     drop(first);
     let head = read_head(&mut third).await;
     assert_eq!(status_code(&head), 200, "{head}");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let ca = TestCa::new();
+    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
+    let h = harness(
+        EgressPolicy::default(),
+        vec![],
+        upstream_settings(&ca, &[API], addr),
+    )
+    .await;
+    let resp = h
+        .request(&format!("{API}:443"), b"http/1.1", get("/sse", API))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let Harness { proxy, .. } = h;
+    let shutdown = tokio::spawn(proxy.shutdown(std::time::Duration::from_secs(20)));
+    // The streaming response is still delivered in full.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    state.release.notify_one();
+    let body = body_text(resp).await;
+    assert_eq!(body, "data: first\n\ndata: last\n\n");
+    tokio::time::timeout(T, shutdown).await.unwrap().unwrap();
 }
