@@ -263,6 +263,32 @@ async fn run(args: Args) {
         );
     }
     drop(open);
+    // Memory after TLS handshakes for 10,000 distinct host names (one minted leaf each).
+    let t0 = Instant::now();
+    let mut handshakes = 0;
+    for chunk in (0..10_000).collect::<Vec<u32>>().chunks(50) {
+        let mut set = Vec::new();
+        for i in chunk {
+            let host = format!("h{i}.bench.test");
+            let ca = moat_ca.clone();
+            let auth = auth_header(token);
+            set.push(tokio::spawn(async move {
+                handshake_only(proxy_addr, &host, &ca, &auth).await
+            }));
+        }
+        for t in set {
+            if matches!(t.await, Ok(Ok(()))) {
+                handshakes += 1;
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    if let Some(rss) = rss_mb(child.id()) {
+        println!(
+            "moat-proxy RSS after {handshakes} handshakes to distinct hosts: {rss:.1} MB ({:.0} handshakes/s)",
+            f64::from(handshakes) / elapsed.as_secs_f64()
+        );
+    }
     drop(child.stdin.take());
     let _ = child.wait();
 
@@ -356,6 +382,42 @@ async fn open_tunnel(
         .map_err(std::io::Error::other)?;
     let _ = resp.into_body().collect().await;
     Ok(send)
+}
+
+/// CONNECT to `host:443` and complete a TLS handshake (which mints a leaf), then hang up.
+async fn handshake_only(
+    proxy: SocketAddr,
+    host: &str,
+    ca: &CertificateDer<'static>,
+    auth: &str,
+) -> std::io::Result<()> {
+    let mut tcp = TcpStream::connect(proxy).await?;
+    let req = format!(
+        "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: {auth}\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut b).await? == 0 {
+            return Err(std::io::Error::other("tunnel refused"));
+        }
+        head.push(b[0]);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(std::io::Error::other)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+    let _tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(())
 }
 
 fn report(name: &str, s: &Stats) {
