@@ -689,7 +689,24 @@ async fn intercept(
     };
     let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
-        _ => return,
+        outcome => {
+            // Usually a client that does not trust the run CA: worth a record, since the
+            // client's own error message rarely says why.
+            let reason = if outcome.is_err() {
+                "client-tls-timeout"
+            } else {
+                "client-tls-failed"
+            };
+            let mut record = new_record(
+                &run,
+                "CONNECT",
+                &format!("https://{}", target.authority(443)),
+                &target.host,
+            );
+            record.reason = Some(reason.to_owned());
+            run.sink.record(record);
+            return;
+        }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let tunnel = Arc::new(Tunnel {

@@ -38,5 +38,9 @@ async fn leaves_verify_against_the_ca_for_names_and_ips() {
             .await
             .is_err()
     );
+    // The failed handshake is recorded, so `moat trace` can say why the client gave up.
+    let rec = h.sink.wait_for(&format!("https://{API}")).await;
+    assert_eq!(rec.reason.as_deref(), Some("client-tls-failed"));
+    assert_eq!(rec.status, None);
     assert!(h.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
 }
