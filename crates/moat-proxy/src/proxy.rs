@@ -236,6 +236,16 @@ pub enum ProxyError {
     /// A token is empty.
     #[error("the proxy token is empty; use `generate_token()`")]
     EmptyToken,
+    /// The dedicated proxy thread or its runtime could not be started.
+    #[error("cannot start the proxy thread: {source}; the system may be out of threads or memory")]
+    Runtime {
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The dedicated proxy thread ended before reporting whether the proxy started.
+    #[error("the proxy thread ended unexpectedly while starting; this is a bug in moat-proxy")]
+    ThreadDied,
 }
 
 /// Configures and starts a [`Proxy`].
@@ -326,6 +336,54 @@ impl ProxyBuilder {
             shutdown_tx,
             accept_task,
         })
+    }
+}
+
+impl ProxyBuilder {
+    /// Like [`ProxyBuilder::start`], but serves on a dedicated OS thread with its own
+    /// single-threaded tokio runtime. This isolates the proxy from the caller's other work and
+    /// avoids cross-thread wake-ups on the request path (lower latency); one core serves tens of
+    /// thousands of requests per second. The thread ends after shutdown once every connection
+    /// has finished (or after at most a minute).
+    pub async fn start_dedicated(self) -> Result<Proxy, ProxyError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("moat-proxy".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(source) => {
+                        let _ = tx.send(Err(ProxyError::Runtime { source }));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let proxy = match self.start().await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let mut shutdown = proxy.shared.shutdown.clone();
+                    let connections = proxy.shared.connections.clone();
+                    let all = u32::try_from(proxy.shared.max_connections).unwrap_or(u32::MAX);
+                    if tx.send(Ok(proxy)).is_err() {
+                        return;
+                    }
+                    shutdown_signal(&mut shutdown).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        connections.acquire_many(all),
+                    )
+                    .await;
+                });
+            })
+            .map_err(|source| ProxyError::Runtime { source })?;
+        rx.await.unwrap_or(Err(ProxyError::ThreadDied))
     }
 }
 

@@ -279,3 +279,50 @@ async fn several_runs_share_one_proxy() {
     assert_eq!(code, 407);
     h2.proxy.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_dedicated_proxy_thread_serves_and_shuts_down() {
+    let ca = TestCa::new();
+    let (addr, state) = tls_upstream(&ca, &[API], &[b"h2", b"http/1.1"]).await;
+    let run_ca = std::sync::Arc::new(moat_proxy::CertificateAuthority::generate().unwrap());
+    let token = moat_proxy::generate_token();
+    let sink = std::sync::Arc::new(MemorySink::default());
+    let run = moat_proxy::RunContext::new(token.clone(), run_ca.clone(), sink.clone())
+        .with_credentials(std::sync::Arc::new(moat_proxy::StaticCredentials::new(
+            vec![github_rule()],
+        )));
+    let proxy = moat_proxy::ProxyBuilder::new("127.0.0.1:0".parse().unwrap())
+        .upstream(upstream_settings(&ca, &[API], addr))
+        .run(run)
+        .start_dedicated()
+        .await
+        .unwrap();
+    let h = Harness {
+        proxy,
+        token,
+        sink,
+        ca_pem: run_ca.cert_pem().to_owned(),
+        ca_der: run_ca.cert_der().clone(),
+    };
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let resp = h
+            .request(&format!("{API}:443"), alpn, get("/echo", API))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let _ = body_text(resp).await;
+        assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
+    }
+    let addr = h.proxy.local_addr();
+    tokio::time::timeout(T, h.proxy.shutdown(std::time::Duration::from_secs(5)))
+        .await
+        .unwrap();
+    // Nothing is served any more.
+    if let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let _ = tcp.write_all(b"CONNECT a:443 HTTP/1.1\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(T, tcp.read_to_end(&mut out)).await;
+        assert!(out.is_empty());
+    }
+}
