@@ -284,3 +284,31 @@ async fn silent_upstreams_time_out_with_504() {
     assert_eq!(rec.status, Some(504));
     assert_eq!(rec.reason.as_deref(), Some("upstream-timeout"));
 }
+
+#[tokio::test]
+async fn plain_http_obeys_strict_policy() {
+    let (paddr, pstate) = plain_upstream().await;
+    let settings = moat_proxy::UpstreamSettings::default()
+        .resolve("plain.example.test", paddr.port(), paddr)
+        .resolve("listed.example.test", paddr.port(), paddr);
+    let h = harness(
+        strict(&[(&format!("listed.example.test:{}", paddr.port()), &[])]),
+        vec![],
+        settings,
+    )
+    .await;
+    for (host, want) in [("plain.example.test", 403), ("listed.example.test", 200)] {
+        let mut tcp = tokio::net::TcpStream::connect(h.proxy.local_addr())
+            .await
+            .unwrap();
+        let req = format!(
+            "GET http://{host}:{}/echo HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {}\r\n\r\n",
+            paddr.port(),
+            h.auth()
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut tcp).await;
+        assert_eq!(status_code(&head), want, "{host}: {head}");
+    }
+    assert_eq!(pstate.hits.load(Ordering::SeqCst), 1);
+}

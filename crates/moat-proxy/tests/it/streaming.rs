@@ -133,3 +133,26 @@ async fn large_downloads_stream_with_bounded_buffering() {
         drop(body);
     }
 }
+
+#[tokio::test]
+async fn request_bodies_stream_upstream_and_are_counted() {
+    let (h, _state) = setup(&[b"h2", b"http/1.1"], true).await;
+    let size = 3 * 1024 * 1024 + 17;
+    for (i, alpn) in [&b"http/1.1"[..], b"h2"].into_iter().enumerate() {
+        let req = http::Request::post(format!("/echo?n={i}"))
+            .header("host", API)
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'z';
+                size
+            ])))
+            .unwrap();
+        let resp = h.request(&format!("{API}:443"), alpn, req).await;
+        assert_eq!(resp.status(), 200);
+        let body = body_text(resp).await;
+        assert!(body.contains(&format!("body-len: {size}\n")), "{body}");
+        let rec = h.sink.wait_for(&format!("https://{API}/echo?n={i}")).await;
+        assert_eq!(rec.method, "POST");
+        assert_eq!(rec.req_bytes, size as u64);
+        assert_eq!(rec.resp_bytes, body.len() as u64);
+    }
+}
