@@ -5,7 +5,7 @@
 //! header-injecting addon when `mitmdump` is available (`--mitmdump PATH`, or on `PATH`).
 //!
 //! ```text
-//! cargo run --release -p moat-proxy --example loadgen -- [--seconds 5] [--connections 16] [--mitmdump PATH]
+//! cargo run --release -p moat-proxy --example loadgen -- [--seconds 5] [--connections 64] [--mitmdump PATH]
 //! ```
 //!
 //! Prints a table and the lines `throughput ratio proxy/direct: X.XX` and
@@ -69,7 +69,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         seconds: 5,
-        connections: 16,
+        connections: 64,
         mitmdump: None,
         upstream_h1_only: false,
         proxy_threads: 2,
@@ -79,7 +79,7 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--seconds" => args.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(5),
             "--connections" => {
-                args.connections = it.next().and_then(|v| v.parse().ok()).unwrap_or(16)
+                args.connections = it.next().and_then(|v| v.parse().ok()).unwrap_or(64)
             }
             "--mitmdump" => args.mitmdump = it.next().map(PathBuf::from),
             "--upstream-h1-only" => args.upstream_h1_only = true,
@@ -202,7 +202,8 @@ async fn run(args: Args) {
     std::fs::write(&ca_pem_path, pem("CERTIFICATE", upstream_ca.as_ref())).unwrap();
     let target = format!("127.0.0.1:{}", upstream_addr.port());
     println!(
-        "upstream {target}; {} connections, {} s per mode, keep-alive HTTP/1.1 GET over TLS",
+        "upstream {target}; throughput: {} connections for {} s; latency: 1 connection; \
+         keep-alive HTTP/1.1 GET over TLS",
         args.connections, args.seconds
     );
 
@@ -439,6 +440,8 @@ enum Mode {
     },
 }
 
+/// Throughput with `args.connections` keep-alive connections, then latency with a single
+/// connection (so queueing does not inflate it), both after a one-second warm-up.
 async fn measure(
     args: &Args,
     mode: Mode,
@@ -446,10 +449,34 @@ async fn measure(
     ca: &CertificateDer<'static>,
     pid: Option<u32>,
 ) -> Stats {
+    let (done, rss) = phase(args.connections, args.seconds, &mode, target, ca, pid).await;
+    let (mut latencies, _) = phase(1, args.seconds.div_ceil(2), &mode, target, ca, None).await;
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Stats {
+        rps: done.len() as f64 / args.seconds as f64,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        rss_mb: rss,
+    }
+}
+
+async fn phase(
+    connections: usize,
+    seconds: u64,
+    mode: &Mode,
+    target: &str,
+    ca: &CertificateDer<'static>,
+    pid: Option<u32>,
+) -> (Vec<Duration>, Option<f64>) {
     let deadline_warm = Instant::now() + Duration::from_secs(1);
-    let end = deadline_warm + Duration::from_secs(args.seconds);
+    let end = deadline_warm + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for _ in 0..args.connections {
+    for _ in 0..connections {
         let mode = mode.clone();
         let target = target.to_owned();
         let ca = ca.clone();
@@ -460,25 +487,14 @@ async fn measure(
     // Sample the proxy's memory in the middle of the run.
     let mut rss = None;
     if let Some(pid) = pid {
-        tokio::time::sleep(Duration::from_secs(1) + Duration::from_secs(args.seconds) / 2).await;
+        tokio::time::sleep(Duration::from_secs(1) + Duration::from_secs(seconds) / 2).await;
         rss = rss_mb(pid);
     }
     let mut latencies: Vec<Duration> = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    Stats {
-        rps: latencies.len() as f64 / args.seconds as f64,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        rss_mb: rss,
-    }
+    (latencies, rss)
 }
 
 async fn worker(
