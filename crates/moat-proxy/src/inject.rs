@@ -1,0 +1,303 @@
+//! Credential rules and the injection rule of SPEC §4.2.
+//!
+//! For each rule whose hosts match the request: a placeholder present in the credential header
+//! (also inside a Basic `base64(user:placeholder)` value) is replaced with the real value; no
+//! credential header at all means the formatted real value is injected; a header with some
+//! other value is left untouched.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::HeaderName;
+use http::HeaderValue;
+use moat_core::creds::InjectionFormat;
+use moat_core::creds::InjectionRule;
+use moat_core::creds::base64_encode;
+use zeroize::Zeroizing;
+
+/// Where the proxy gets a run's credential rules from.
+///
+/// Called once per intercepted request, so implementations can rotate credentials while a run
+/// is live. Implementations must be cheap: return a shared snapshot.
+pub trait CredentialSource: Send + Sync {
+    /// The current rules of the run.
+    fn rules(&self) -> Arc<[InjectionRule]>;
+}
+
+/// A fixed set of rules, for runs whose grants do not change.
+#[derive(Debug, Clone, Default)]
+pub struct StaticCredentials(Arc<[InjectionRule]>);
+
+impl StaticCredentials {
+    /// Wraps `rules`.
+    pub fn new(rules: Vec<InjectionRule>) -> Self {
+        Self(rules.into())
+    }
+}
+
+impl CredentialSource for StaticCredentials {
+    fn rules(&self) -> Arc<[InjectionRule]> {
+        self.0.clone()
+    }
+}
+
+/// A snapshot of a run's rules with what every request needs precomputed: the pairs the
+/// scrubber replaces (real value → placeholder, also in their Basic-encoded form) and the
+/// header names that are always redacted in records.
+pub(crate) struct CompiledRules {
+    pub(crate) rules: Arc<[InjectionRule]>,
+    pub(crate) scrub_pairs: Arc<[ScrubPair]>,
+    pub(crate) headers: Vec<String>,
+}
+
+/// A secret and what replaces it; the secret half is wiped on drop.
+pub(crate) type ScrubPair = (Zeroizing<Vec<u8>>, Vec<u8>);
+
+impl CompiledRules {
+    pub(crate) fn new(rules: Arc<[InjectionRule]>) -> Self {
+        let mut pairs: Vec<ScrubPair> = Vec::new();
+        for r in rules.iter() {
+            let real = r.value.expose();
+            if real.is_empty() {
+                continue;
+            }
+            pairs.push((
+                Zeroizing::new(real.as_bytes().to_vec()),
+                r.placeholder.as_bytes().to_vec(),
+            ));
+            if let InjectionFormat::Basic { username } = &r.format {
+                let enc = base64_encode(format!("{username}:{real}").as_bytes());
+                let ph = base64_encode(format!("{username}:{}", r.placeholder).as_bytes());
+                pairs.push((Zeroizing::new(enc.into_bytes()), ph.into_bytes()));
+            }
+        }
+        let headers = rules
+            .iter()
+            .map(|r| r.header.to_ascii_lowercase())
+            .collect();
+        Self {
+            rules,
+            scrub_pairs: pairs.into(),
+            headers,
+        }
+    }
+}
+
+/// What injection did to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Injection {
+    /// No rule covers the host.
+    NotCovered,
+    /// A rule covers the host but the request carried another real value.
+    LeftUntouched,
+    /// The real value was added or substituted for the placeholder, for this grant.
+    Injected(String),
+}
+
+/// Whether any rule covers `host:port`.
+pub(crate) fn covers(rules: &[InjectionRule], host: &str, port: u16) -> bool {
+    rules
+        .iter()
+        .any(|r| r.hosts.iter().any(|h| h.matches(host, port)))
+}
+
+/// Applies the injection rule for `host:port` to `headers`.
+pub(crate) fn apply(
+    rules: &[InjectionRule],
+    host: &str,
+    port: u16,
+    headers: &mut HeaderMap,
+) -> Injection {
+    let mut outcome = Injection::NotCovered;
+    for rule in rules
+        .iter()
+        .filter(|r| r.hosts.iter().any(|h| h.matches(host, port)))
+    {
+        let Ok(name) = HeaderName::from_bytes(rule.header.as_bytes()) else {
+            continue;
+        };
+        let real = rule.value.expose();
+        let mut present = headers.get_all(&name).iter().peekable();
+        if present.peek().is_none() {
+            if let Ok(value) = sensitive(&rule.format.render(real)) {
+                headers.insert(name, value);
+                return Injection::Injected(rule.grant.clone());
+            }
+            continue;
+        }
+        let mut replaced = false;
+        let new_values: Vec<HeaderValue> = present
+            .map(|v| match substitute(v, &rule.placeholder, real) {
+                Some(nv) => {
+                    replaced = true;
+                    nv
+                }
+                None => v.clone(),
+            })
+            .collect();
+        if replaced {
+            headers.remove(&name);
+            for v in new_values {
+                headers.append(name.clone(), v);
+            }
+            return Injection::Injected(rule.grant.clone());
+        }
+        outcome = Injection::LeftUntouched;
+    }
+    outcome
+}
+
+/// Replaces the placeholder in one header value, looking inside Basic credentials too.
+fn substitute(value: &HeaderValue, placeholder: &str, real: &str) -> Option<HeaderValue> {
+    if placeholder.is_empty() {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    if text.contains(placeholder) {
+        return sensitive(&text.replace(placeholder, real)).ok();
+    }
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64_decode(rest.trim())?;
+    let pair = String::from_utf8(decoded).ok()?;
+    if !pair.contains(placeholder) {
+        return None;
+    }
+    let swapped = pair.replace(placeholder, real);
+    sensitive(&format!("{scheme} {}", base64_encode(swapped.as_bytes()))).ok()
+}
+
+fn sensitive(s: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = HeaderValue::from_str(s)?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Standard base64 with optional padding; `None` on any invalid input.
+pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let bytes = input.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for &b in bytes {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    // Six leftover bits can never come from valid base64.
+    if bits >= 6 {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use moat_core::Secret;
+    use moat_core::host::HostPattern;
+
+    use super::*;
+
+    fn rule(format: InjectionFormat, header: &str) -> InjectionRule {
+        InjectionRule {
+            grant: "github".into(),
+            hosts: vec![HostPattern::parse("api.github.com").unwrap_or_else(|e| panic!("{e}"))],
+            header: header.into(),
+            format,
+            value: Secret::new("REAL"),
+            placeholder: "PH".into(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                *k,
+                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for s in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "x-access-token:ghp_x",
+        ] {
+            assert_eq!(
+                base64_decode(&base64_encode(s.as_bytes())).as_deref(),
+                Some(s.as_bytes())
+            );
+        }
+        assert_eq!(base64_decode("Zg=="), Some(b"f".to_vec()));
+        assert_eq!(base64_decode("Z"), None);
+        assert_eq!(base64_decode("Zm9v!"), None);
+    }
+
+    #[test]
+    fn injection_matrix() {
+        let rules = [rule(InjectionFormat::Bearer, "authorization")];
+        // No header: injected.
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            apply(&rules, "api.github.com", 443, &mut h),
+            Injection::Injected("github".into())
+        );
+        assert_eq!(h["authorization"], "Bearer REAL");
+        // Placeholder: replaced.
+        let mut h = headers(&[("authorization", "Bearer PH")]);
+        assert!(matches!(
+            apply(&rules, "api.github.com", 443, &mut h),
+            Injection::Injected(_)
+        ));
+        assert_eq!(h["authorization"], "Bearer REAL");
+        // Another real value: untouched.
+        let mut h = headers(&[("authorization", "Bearer OTHER")]);
+        assert_eq!(
+            apply(&rules, "api.github.com", 443, &mut h),
+            Injection::LeftUntouched
+        );
+        assert_eq!(h["authorization"], "Bearer OTHER");
+        // Other host: nothing.
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            apply(&rules, "example.com", 443, &mut h),
+            Injection::NotCovered
+        );
+        assert!(h.is_empty());
+        // Basic with the placeholder inside.
+        let mut h = headers(&[(
+            "authorization",
+            &format!("Basic {}", base64_encode(b"x-access-token:PH")),
+        )]);
+        assert!(matches!(
+            apply(&rules, "api.github.com", 443, &mut h),
+            Injection::Injected(_)
+        ));
+        assert_eq!(
+            h["authorization"],
+            format!("Basic {}", base64_encode(b"x-access-token:REAL")).as_str()
+        );
+    }
+}
