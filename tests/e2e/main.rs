@@ -5,5 +5,6 @@ mod audit;
 mod errors;
 mod grant;
 mod lifecycle;
+mod network;
 mod run;
 mod ssh;

@@ -42,6 +42,8 @@ pub(crate) enum Command {
     List,
     /// Show a run's container output.
     Logs(LogsArgs),
+    /// Show a run's proxied network requests.
+    Trace(TraceArgs),
     /// Stop a running run and keep its artifacts.
     Stop(RunRef),
     /// Remove a run: its container, network and run directory (the signed audit evidence is
@@ -114,6 +116,23 @@ pub(crate) struct RunArgs {
     /// Container runtime.
     #[arg(long, value_enum)]
     pub(crate) runtime: Option<RuntimeArg>,
+    /// Network policy (overrides moat.yaml `network.policy`).
+    #[arg(long, value_enum)]
+    pub(crate) policy: Option<PolicyArg>,
+    /// A host the run may reach under `strict` policy (repeatable; adds to `network.allow`).
+    #[arg(long = "allow", value_name = "HOST")]
+    pub(crate) allow: Vec<String>,
+}
+
+/// Network policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PolicyArg {
+    /// Proxy variables set, direct egress allowed.
+    Permissive,
+    /// Only the proxy is reachable; only listed and granted hosts are allowed.
+    Strict,
+    /// No network at all.
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +196,24 @@ pub(crate) struct GrantArgs {
 pub(crate) struct RunRef {
     /// Run ID, unique ID prefix or name; defaults to the most recent run.
     pub(crate) run: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TraceArgs {
+    /// Run ID, unique ID prefix or name; defaults to the most recent run.
+    pub(crate) run: Option<String>,
+    /// Show network requests (method, URL, status, timing, grant, policy decision).
+    #[arg(long)]
+    pub(crate) network: bool,
+    /// Also show request and response headers (credentials redacted).
+    #[arg(short = 'H', long = "headers")]
+    pub(crate) verbose_headers: bool,
+    /// Keep printing new requests while the run is live.
+    #[arg(short, long)]
+    pub(crate) follow: bool,
+    /// Write an HTTP Archive (HAR 1.2) file instead of printing.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) har: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

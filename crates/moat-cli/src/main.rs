@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod cmd;
 mod context;
+mod egress;
 mod error;
 mod output;
 mod ssh;
@@ -76,6 +77,7 @@ async fn dispatch(cli: Cli) -> CliResult<i32> {
                 Command::Attach(args) => cmd::runs::attach(&ctx, args).await,
                 Command::List => cmd::runs::list(&ctx).await,
                 Command::Logs(args) => cmd::runs::logs(&ctx, args).await,
+                Command::Trace(args) => cmd::trace::trace(&ctx, args).await,
                 Command::Stop(args) => cmd::runs::stop(&ctx, args).await,
                 Command::Destroy(args) => cmd::runs::destroy(&ctx, args).await,
                 Command::Audit(args) => cmd::audit::audit(&ctx, args).await,

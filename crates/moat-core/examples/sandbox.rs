@@ -18,6 +18,7 @@ use moat_core::egress::PolicyMode;
 use moat_core::orchestrator::Orchestrator;
 use moat_core::orchestrator::RunIo;
 use moat_core::orchestrator::RunRequest;
+use moat_core::orchestrator::RunServices;
 use moat_core::run::RunSpec;
 use moat_core::runtime::Runtime;
 use moat_core::store::RunStore;
@@ -52,6 +53,7 @@ pub async fn run(
             memory_bytes: None,
             cpus: None,
             detached: false,
+            network_allow: Vec::new(),
         },
     })?;
     let io = RunIo {
@@ -63,7 +65,12 @@ pub async fn run(
         started: None,
     };
     let outcome = orch
-        .supervise(&meta.id, io, Arc::new(NoAudit), std::process::id())
+        .supervise(
+            &meta.id,
+            io,
+            RunServices::audit_only(Arc::new(NoAudit)),
+            std::process::id(),
+        )
         .await?;
     Ok(outcome.exit_code)
 }

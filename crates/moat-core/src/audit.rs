@@ -15,6 +15,10 @@ pub mod event {
     pub const NETWORK_REQUEST: &str = "network.request";
     /// A credential was injected into a request.
     pub const CREDENTIAL_INJECTED: &str = "credential.injected";
+    /// SSH agent identities were listed.
+    pub const SSH_LIST: &str = "ssh.list";
+    /// An SSH signature was requested (allowed or denied).
+    pub const SSH_SIGN: &str = "ssh.sign";
     /// The run finished.
     pub const RUN_FINISHED: &str = "run.finished";
 }

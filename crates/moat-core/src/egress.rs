@@ -495,3 +495,99 @@ mod tests {
         assert_eq!(r.to_string(), "allow GET /x");
     }
 }
+
+/// An allow-list entry as stored with a run: a host pattern and its rules, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowSpec {
+    /// Host pattern.
+    pub host: String,
+    /// `allow|deny METHOD /path` rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+}
+
+impl AllowSpec {
+    /// From parsed rules.
+    pub fn from_rules(rules: &HostRules) -> Self {
+        Self {
+            host: rules.pattern.to_string(),
+            rules: rules.rules.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Parses back into rules.
+    pub fn to_rules(&self) -> Result<HostRules, String> {
+        let pattern = HostPattern::parse(&self.host).map_err(|e| e.to_string())?;
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| PathRule::parse(r).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HostRules { pattern, rules })
+    }
+}
+
+/// What an egress implementation needs to serve one run.
+pub struct EgressRequest {
+    /// Address to listen on (the run network's gateway); the port is chosen by the egress.
+    pub bind: std::net::IpAddr,
+    /// The run's policy.
+    pub policy: EgressPolicy,
+    /// Credentials to inject.
+    pub rules: Vec<crate::creds::InjectionRule>,
+    /// Where request records go.
+    pub sink: std::sync::Arc<dyn NetworkEventSink>,
+}
+
+impl fmt::Debug for EgressRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EgressRequest")
+            .field("bind", &self.bind)
+            .field("policy", &self.policy)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+/// A running egress for one run.
+pub struct EgressHandle {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// `http://moat:<token>@addr` for the container's proxy variables.
+    pub proxy_url: crate::Secret,
+    /// PEM of the CA the container must trust (public part only).
+    pub ca_pem: String,
+    /// Stops it.
+    pub stop: Box<dyn EgressStop>,
+}
+
+impl fmt::Debug for EgressHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EgressHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Stops a running egress.
+#[async_trait::async_trait]
+pub trait EgressStop: Send + Sync {
+    /// Stops accepting, lets in-flight requests finish briefly, and releases the port.
+    async fn shutdown(self: Box<Self>);
+}
+
+/// Why an egress could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the run's egress proxy")]
+pub struct EgressError {
+    /// The underlying error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Starts a run's egress proxy (implemented by `moat-proxy` in the CLI).
+#[async_trait::async_trait]
+pub trait Egress: Send + Sync {
+    /// Starts serving one run.
+    async fn start(&self, request: EgressRequest) -> Result<EgressHandle, EgressError>;
+}

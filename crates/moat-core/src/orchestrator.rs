@@ -25,6 +25,17 @@ use crate::audit::AuditSink;
 use crate::audit::AuditSinkError;
 use crate::audit::event;
 use crate::config::RuntimeKind;
+use crate::creds::CredentialError;
+use crate::creds::CredentialProvider;
+use crate::creds::ResolvedGrants;
+use crate::egress::Egress;
+use crate::egress::EgressError;
+use crate::egress::EgressHandle;
+use crate::egress::EgressPolicy;
+use crate::egress::EgressRequest;
+use crate::egress::HostRules;
+use crate::egress::NetworkEventSink;
+use crate::egress::NetworkRecord;
 use crate::egress::PolicyMode;
 use crate::run::RunId;
 use crate::run::RunMetadata;
@@ -89,6 +100,38 @@ impl std::fmt::Debug for RunIo {
     }
 }
 
+/// The collaborators a run is driven through besides the runtime.
+#[derive(Clone)]
+pub struct RunServices {
+    /// Where audit events go.
+    pub audit: Arc<dyn AuditSink>,
+    /// Resolves the run's credential grants (`None`: a run with grants fails).
+    pub credentials: Option<Arc<dyn CredentialProvider>>,
+    /// Starts the run's egress proxy (`None`: no proxy; containers reach the network directly
+    /// under `permissive` and not at all under `strict`).
+    pub egress: Option<Arc<dyn Egress>>,
+}
+
+impl std::fmt::Debug for RunServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunServices")
+            .field("credentials", &self.credentials.is_some())
+            .field("egress", &self.egress.is_some())
+            .finish()
+    }
+}
+
+impl RunServices {
+    /// Only an audit sink: no credentials, no egress proxy.
+    pub fn audit_only(audit: Arc<dyn AuditSink>) -> Self {
+        Self {
+            audit,
+            credentials: None,
+            egress: None,
+        }
+    }
+}
+
 /// How a supervised run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutcome {
@@ -114,6 +157,18 @@ pub enum RunError {
     /// Writing container output to the caller failed.
     #[error("cannot write container output: {0}")]
     Output(#[source] std::io::Error),
+    /// Credential grants could not be resolved.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    /// The egress proxy could not start.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    /// The run has grants but nothing can inject them.
+    #[error("the run has credential grants ({grants}) but no egress proxy to inject them")]
+    NoInjection {
+        /// The grants.
+        grants: String,
+    },
 }
 
 /// Drives runs.
@@ -211,9 +266,10 @@ impl Orchestrator {
         &self,
         id: &RunId,
         io: RunIo,
-        audit: Arc<dyn AuditSink>,
+        services: RunServices,
         supervisor_pid: u32,
     ) -> Result<RunOutcome, RunError> {
+        let audit = services.audit.clone();
         let _lock = self.store.lock_supervisor(id)?;
         let meta = self.store.update(id, |m| {
             m.supervisor_pid = Some(supervisor_pid);
@@ -235,7 +291,7 @@ impl Orchestrator {
                 "moat_version": meta.moat_version,
             }),
         )?;
-        let result = self.drive(&meta, io, audit.as_ref()).await;
+        let result = self.drive(&meta, io, &services).await;
         let result = match result {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
@@ -266,7 +322,7 @@ impl Orchestrator {
         &self,
         meta: &RunMetadata,
         mut io: RunIo,
-        audit: &dyn AuditSink,
+        services: &RunServices,
     ) -> Result<RunOutcome, RunError> {
         let rt = &self.runtime;
         let labels = run_labels(&meta.id);
@@ -284,10 +340,167 @@ impl Orchestrator {
                 .update(&meta.id, |m| m.network_id = Some(net.clone()))?;
             NetworkAttachment::Network(net)
         };
-        let spec = container_spec(meta, network, labels);
+        let egress = self.start_egress(meta, &network, services).await?;
+        let mut spec = container_spec(meta, network, labels);
+        if let Some(e) = &egress {
+            let overridden: Vec<&str> = e.env.iter().map(|(k, _)| k.as_str()).collect();
+            spec.env.retain(|(k, _)| !overridden.contains(&k.as_str()));
+            spec.env.extend(e.env.iter().cloned());
+        }
+        if meta.policy == PolicyMode::Strict {
+            // Nothing to resolve names with: the proxy resolves for the container.
+            spec.dns = Some(vec!["127.0.0.1".to_owned()]);
+        }
+        let result = self
+            .run_container(meta, &mut io, services, spec, egress.as_ref())
+            .await;
+        if let Some(e) = egress {
+            e.handle.stop.shutdown().await;
+            e.log.finish().await;
+            if meta.policy == PolicyMode::Strict
+                && let NetworkAttachment::Network(net) = &e.network
+            {
+                let _ = self.runtime.release_host_access(net).await;
+            }
+        }
+        result
+    }
+
+    /// Starts the run's egress proxy when there is a network and an egress implementation.
+    async fn start_egress(
+        &self,
+        meta: &RunMetadata,
+        network: &NetworkAttachment,
+        services: &RunServices,
+    ) -> Result<Option<RunEgress>, RunError> {
+        let provider_grants: Vec<String> = meta
+            .grants
+            .iter()
+            .filter(|g| !g.starts_with("ssh:"))
+            .cloned()
+            .collect();
+        let (NetworkAttachment::Network(net), Some(egress)) = (network, &services.egress) else {
+            if provider_grants.is_empty() {
+                return Ok(None);
+            }
+            return Err(RunError::NoInjection {
+                grants: provider_grants.join(", "),
+            });
+        };
+        let resolved = if provider_grants.is_empty() {
+            ResolvedGrants::default()
+        } else {
+            match &services.credentials {
+                Some(c) => c.resolve(&provider_grants).await?,
+                None => {
+                    return Err(RunError::NoInjection {
+                        grants: provider_grants.join(", "),
+                    });
+                }
+            }
+        };
+        let mut allow: Vec<HostRules> = meta
+            .spec
+            .network_allow
+            .iter()
+            .filter_map(|a| a.to_rules().ok())
+            .collect();
+        for rule in &resolved.rules {
+            for host in &rule.hosts {
+                if !allow.iter().any(|a| &a.pattern == host) {
+                    allow.push(HostRules::any(host.clone()));
+                }
+            }
+        }
+        let gateway = self.runtime.network_gateway(net).await?;
+        let log = NetworkLog::start(
+            self.store.network_log_writer(&meta.id)?,
+            services.audit.clone(),
+        );
+        let handle = egress
+            .start(EgressRequest {
+                bind: gateway,
+                policy: EgressPolicy {
+                    mode: meta.policy,
+                    allow,
+                },
+                rules: resolved.rules,
+                sink: log.sink(),
+            })
+            .await?;
+        if meta.policy == PolicyMode::Strict
+            && let Err(e) = self.runtime.restrict_host_access(net, handle.addr).await
+        {
+            handle.stop.shutdown().await;
+            log.finish().await;
+            return Err(e.into());
+        }
+        crate::store::write_atomic(
+            &self.store.dir(&meta.id).join("ca.crt"),
+            handle.ca_pem.as_bytes(),
+        )?;
+        let url = handle.proxy_url.expose().to_owned();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push((k.to_owned(), url.clone()));
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            env.push((k.to_owned(), "localhost,127.0.0.1,::1".to_owned()));
+        }
+        for k in [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
+        ] {
+            env.push((k.to_owned(), SYSTEM_BUNDLE.to_owned()));
+        }
+        env.push(("NODE_EXTRA_CA_CERTS".to_owned(), MOAT_CA_PATH.to_owned()));
+        env.extend(resolved.env);
+        Ok(Some(RunEgress {
+            handle,
+            log,
+            env,
+            network: network.clone(),
+        }))
+    }
+
+    async fn run_container(
+        &self,
+        meta: &RunMetadata,
+        io: &mut RunIo,
+        services: &RunServices,
+        spec: ContainerSpec,
+        egress: Option<&RunEgress>,
+    ) -> Result<RunOutcome, RunError> {
+        let rt = &self.runtime;
+        let audit = services.audit.as_ref();
         let container = rt.create_container(&spec).await?;
         self.store
             .update(&meta.id, |m| m.container_id = Some(container.clone()))?;
+        if let Some(e) = egress {
+            // Add the run CA to the image's own trust store, so tools trust it without flags.
+            let mut bundle = rt
+                .read_file(&container, SYSTEM_BUNDLE)
+                .await?
+                .unwrap_or_default();
+            if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+            bundle.extend_from_slice(e.handle.ca_pem.as_bytes());
+            rt.write_files(
+                &container,
+                &[
+                    (SYSTEM_BUNDLE.to_owned(), bundle, 0o644),
+                    (
+                        MOAT_CA_PATH.to_owned(),
+                        e.handle.ca_pem.clone().into_bytes(),
+                        0o644,
+                    ),
+                ],
+            )
+            .await?;
+        }
 
         let attach = if meta.spec.stdin || meta.spec.tty {
             Some(
@@ -325,7 +538,8 @@ impl Orchestrator {
         let passthrough = !meta.spec.tty;
         let logs = rt.logs(&container, true, None).await?;
         let writer = self.store.log_writer(&meta.id)?;
-        let (stdout, stderr) = (io.stdout, io.stderr);
+        let stdout = std::mem::replace(&mut io.stdout, Box::new(tokio::io::sink()));
+        let stderr = std::mem::replace(&mut io.stderr, Box::new(tokio::io::sink()));
         let (log_stdout, log_stderr, tty_out) = if passthrough {
             (Some(stdout), Some(stderr), None)
         } else {
@@ -487,6 +701,9 @@ impl Orchestrator {
                 "the run's supervisor (pid {pid}) exited without finishing the run; the container was stopped and cleaned up"
             ));
         })?;
+        if let Some(net) = &updated.network_id {
+            let _ = self.runtime.release_host_access(net).await;
+        }
         self.cleanup(&updated).await;
         // Objects created but not yet recorded in metadata (crash between create and save).
         if !updated.spec.keep
@@ -500,6 +717,81 @@ impl Orchestrator {
             }
         }
         Ok(updated)
+    }
+}
+
+/// The image's system trust store (Debian/Ubuntu layout; other images get the file created).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The run CA alone, for tools that add extra roots (`NODE_EXTRA_CA_CERTS`).
+const MOAT_CA_PATH: &str = "/etc/moat/ca.crt";
+
+/// A started egress and what the container needs to use it.
+struct RunEgress {
+    handle: EgressHandle,
+    log: NetworkLog,
+    env: Vec<(String, String)>,
+    network: NetworkAttachment,
+}
+
+/// Writes request records to `network.jsonl` (live, one line per request) and to the audit
+/// log, off the proxy's request path.
+struct NetworkLog {
+    tx: mpsc::UnboundedSender<NetworkRecord>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct NetworkLogSink(mpsc::UnboundedSender<NetworkRecord>);
+
+impl NetworkEventSink for NetworkLogSink {
+    fn record(&self, record: NetworkRecord) {
+        let _ = self.0.send(record);
+    }
+}
+
+impl NetworkLog {
+    fn start(mut writer: crate::store::JsonlWriter, audit: Arc<dyn AuditSink>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<NetworkRecord>();
+        let task = tokio::spawn(async move {
+            while let Some(record) = rx.recv().await {
+                let _ = writer.append(&record);
+                let _ = audit.append(
+                    event::NETWORK_REQUEST,
+                    serde_json::json!({
+                        "id": record.id,
+                        "method": record.method,
+                        "url": record.url,
+                        "host": record.host,
+                        "status": record.status,
+                        "decision": record.decision,
+                        "reason": record.reason,
+                        "grant": record.grant,
+                    }),
+                );
+                if let Some(grant) = &record.grant {
+                    let _ = audit.append(
+                        event::CREDENTIAL_INJECTED,
+                        serde_json::json!({
+                            "grant": grant,
+                            "host": record.host,
+                            "request_id": record.id,
+                        }),
+                    );
+                }
+            }
+            let _ = writer.sync();
+        });
+        Self { tx, task }
+    }
+
+    fn sink(&self) -> Arc<dyn NetworkEventSink> {
+        Arc::new(NetworkLogSink(self.tx.clone()))
+    }
+
+    /// Waits for every record sent so far to be written. The proxy must be stopped first, so
+    /// no sender is left.
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 }
 
@@ -543,6 +835,7 @@ fn container_spec(
         cpus: meta.spec.cpus,
         pids_limit: 4096,
         cap_add: Vec::new(),
+        dns: None,
     }
 }
 

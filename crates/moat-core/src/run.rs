@@ -146,6 +146,9 @@ pub struct RunSpec {
     pub cpus: Option<f64>,
     /// Started with `-d`.
     pub detached: bool,
+    /// Hosts the run may reach besides its grants' hosts (`network.allow` and `--allow`).
+    #[serde(default)]
+    pub network_allow: Vec<crate::egress::AllowSpec>,
 }
 
 /// Everything known about a run, stored as `metadata.json`.

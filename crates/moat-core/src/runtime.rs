@@ -89,6 +89,9 @@ pub struct ContainerSpec {
     pub pids_limit: i64,
     /// Capabilities added back after dropping all (only what a user switch needs).
     pub cap_add: Vec<String>,
+    /// DNS servers; `Some(vec![])` keeps the runtime default, `None` too. Strict runs point
+    /// DNS at an address that answers nothing.
+    pub dns: Option<Vec<String>>,
 }
 
 /// One piece of container output with its source timestamp, as the runtime recorded it.
@@ -256,6 +259,32 @@ pub trait Runtime: Send + Sync {
 
     /// The container's state.
     async fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
+
+    /// The gateway address of a network: the host's address on it.
+    async fn network_gateway(&self, id: &str) -> Result<std::net::IpAddr, RuntimeError>;
+
+    /// Reads a file from a created container's filesystem; `None` if it does not exist.
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, RuntimeError>;
+
+    /// Writes files (absolute path, contents, mode) into a created container's filesystem,
+    /// owned by root.
+    async fn write_files(
+        &self,
+        id: &str,
+        files: &[(String, Vec<u8>, u32)],
+    ) -> Result<(), RuntimeError>;
+
+    /// Firewalls the host from a network's containers: they may reach the host only at
+    /// `allow` (the run's proxy). Fails when the host cannot be firewalled, so strict runs
+    /// fail closed.
+    async fn restrict_host_access(
+        &self,
+        network_id: &str,
+        allow: std::net::SocketAddr,
+    ) -> Result<(), RuntimeError>;
+
+    /// Removes what [`Runtime::restrict_host_access`] added; missing rules are not an error.
+    async fn release_host_access(&self, network_id: &str) -> Result<(), RuntimeError>;
 
     /// IDs of containers and networks labelled with `run_id` (for cleanup after a crash).
     async fn objects_of_run(&self, run_id: &str) -> Result<RunObjects, RuntimeError>;

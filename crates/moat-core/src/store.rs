@@ -306,6 +306,44 @@ impl RunStore {
         Ok(LogWriter { file, path })
     }
 
+    /// Opens `network.jsonl` for appending.
+    pub fn network_log_writer(&self, id: &RunId) -> Result<JsonlWriter, StoreError> {
+        let path = self.network_log_path(id);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        Ok(JsonlWriter { file, path })
+    }
+
+    /// The path of `network.jsonl`.
+    pub fn network_log_path(&self, id: &RunId) -> PathBuf {
+        self.dir(id).join("network.jsonl")
+    }
+
+    /// Reads every complete record of `network.jsonl` (a torn last line is ignored).
+    pub fn read_network_log(
+        &self,
+        id: &RunId,
+    ) -> Result<Vec<crate::egress::NetworkRecord>, StoreError> {
+        let path = self.network_log_path(id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(io_err("read", &path))?;
+            if let Ok(rec) = serde_json::from_str(&line) {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
     /// The path of `logs.jsonl`.
     pub fn log_path(&self, id: &RunId) -> PathBuf {
         self.dir(id).join("logs.jsonl")
@@ -341,6 +379,32 @@ pub struct LogWriter {
 impl LogWriter {
     /// Appends one record.
     pub fn append(&mut self, record: &LogRecord) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .map_err(io_err("append to", &self.path))
+    }
+
+    /// Flushes appended records to stable storage.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(io_err("sync", &self.path))
+    }
+}
+
+/// Appends JSON records, one line and one `write` each.
+#[derive(Debug)]
+pub struct JsonlWriter {
+    file: File,
+    path: PathBuf,
+}
+
+impl JsonlWriter {
+    /// Appends one record.
+    pub fn append(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
             path: self.path.clone(),
             source,

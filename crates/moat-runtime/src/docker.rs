@@ -16,12 +16,14 @@ use bollard::models::PortBinding;
 use bollard::query_parameters::AttachContainerOptions;
 use bollard::query_parameters::CreateContainerOptions;
 use bollard::query_parameters::CreateImageOptions;
+use bollard::query_parameters::DownloadFromContainerOptions;
 use bollard::query_parameters::ListContainersOptions;
 use bollard::query_parameters::ListNetworksOptions;
 use bollard::query_parameters::LogsOptions;
 use bollard::query_parameters::RemoveContainerOptions;
 use bollard::query_parameters::ResizeContainerTTYOptions;
 use bollard::query_parameters::StopContainerOptions;
+use bollard::query_parameters::UploadToContainerOptions;
 use bollard::query_parameters::WaitContainerOptions;
 use bytes::Bytes;
 use chrono::DateTime;
@@ -90,6 +92,13 @@ impl DockerRuntime {
 
 fn api(operation: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
     move |e| RuntimeError::Api {
+        operation,
+        source: Box::new(e),
+    }
+}
+
+fn api_io(operation: &'static str, e: std::io::Error) -> RuntimeError {
+    RuntimeError::Api {
         operation,
         source: Box::new(e),
     }
@@ -246,6 +255,7 @@ impl Runtime for DockerRuntime {
             ipc_mode: Some("private".into()),
             memory: spec.memory_bytes.map(|m| m as i64),
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            dns: spec.dns.clone(),
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
                 config: None,
@@ -448,6 +458,176 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn network_gateway(&self, id: &str) -> Result<std::net::IpAddr, RuntimeError> {
+        let info = self
+            .docker
+            .inspect_network(id, None)
+            .await
+            .map_err(api("inspect network"))?;
+        info.ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway)
+            .find_map(|g| g.split('/').next().and_then(|g| g.parse().ok()))
+            .ok_or_else(|| RuntimeError::Api {
+                operation: "inspect network",
+                source: format!("network {id} has no gateway address").into(),
+            })
+    }
+
+    async fn read_file(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let options = DownloadFromContainerOptions {
+            path: path.to_owned(),
+        };
+        let mut stream = self.docker.download_from_container(id, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => archive.extend_from_slice(&bytes),
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(api("read a file from the container")(e)),
+            }
+        }
+        let mut tar = tar::Archive::new(archive.as_slice());
+        let entries = tar
+            .entries()
+            .map_err(|e| api_io("read a file from the container", e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| api_io("read a file from the container", e))?;
+            if entry.header().entry_type().is_file() {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut data)
+                    .map_err(|e| api_io("read a file from the container", e))?;
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn write_files(
+        &self,
+        id: &str,
+        files: &[(String, Vec<u8>, u32)],
+    ) -> Result<(), RuntimeError> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dirs: Vec<String> = Vec::new();
+        for (path, _, _) in files {
+            let mut dir = String::new();
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            for part in parts.iter().take(parts.len().saturating_sub(1)) {
+                dir.push_str(part);
+                dir.push('/');
+                if !dirs.contains(&dir) {
+                    dirs.push(dir.clone());
+                }
+            }
+        }
+        for dir in &dirs {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            builder
+                .append_data(&mut header, dir, std::io::empty())
+                .map_err(|e| api_io("write files into the container", e))?;
+        }
+        for (path, data, mode) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(*mode);
+            header.set_size(data.len() as u64);
+            header.set_uid(0);
+            header.set_gid(0);
+            builder
+                .append_data(&mut header, path.trim_start_matches('/'), data.as_slice())
+                .map_err(|e| api_io("write files into the container", e))?;
+        }
+        let archive = builder
+            .into_inner()
+            .map_err(|e| api_io("write files into the container", e))?;
+        let options = UploadToContainerOptions {
+            path: "/".to_owned(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(id, Some(options), bollard::body_full(archive.into()))
+            .await
+            .map_err(api("write files into the container"))
+    }
+
+    async fn restrict_host_access(
+        &self,
+        network_id: &str,
+        allow: std::net::SocketAddr,
+    ) -> Result<(), RuntimeError> {
+        let bridge = bridge_name(network_id);
+        let tag = rule_tag(network_id);
+        // Inserted at the top in reverse order: the ACCEPT for the proxy ends up first.
+        iptables(&[
+            "-I",
+            "INPUT",
+            "1",
+            "-i",
+            &bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
+            "-j",
+            "DROP",
+        ])
+        .await?;
+        let ip = allow.ip().to_string();
+        let port = allow.port().to_string();
+        let accept = [
+            "-I",
+            "INPUT",
+            "1",
+            "-i",
+            &bridge,
+            "-d",
+            &ip,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
+            "-j",
+            "ACCEPT",
+        ];
+        if let Err(e) = iptables(&accept).await {
+            let _ = self.release_host_access(network_id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn release_host_access(&self, network_id: &str) -> Result<(), RuntimeError> {
+        let tag = rule_tag(network_id);
+        // Delete every INPUT rule carrying this run network's tag.
+        let out = tokio::process::Command::new("iptables")
+            .args(["-w", "-S", "INPUT"])
+            .output()
+            .await
+            .map_err(|e| api_io("list host firewall rules", e))?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        for rule in listing.lines().filter(|l| l.contains(&tag)) {
+            let Some(spec) = rule.strip_prefix("-A ") else {
+                continue;
+            };
+            let mut args = vec!["-D"];
+            args.extend(split_rule(spec));
+            let _ = iptables(&args).await;
+        }
+        Ok(())
+    }
+
     async fn objects_of_run(&self, run_id: &str) -> Result<RunObjects, RuntimeError> {
         let filters =
             HashMap::from([("label".to_owned(), vec![format!("{LABEL_RUN_ID}={run_id}")])]);
@@ -480,6 +660,58 @@ impl Runtime for DockerRuntime {
     }
 }
 
+/// The Linux bridge Docker creates for a user-defined network.
+fn bridge_name(network_id: &str) -> String {
+    format!("br-{}", network_id.get(..12).unwrap_or(network_id))
+}
+
+fn rule_tag(network_id: &str) -> String {
+    format!("moat:{}", network_id.get(..12).unwrap_or(network_id))
+}
+
+/// Splits an `iptables -S` rule into arguments (quoted comments included).
+fn split_rule(spec: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = spec.trim();
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            out.push(&quoted[..end]);
+            rest = quoted.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    out
+}
+
+async fn iptables(args: &[&str]) -> Result<(), RuntimeError> {
+    let out = tokio::process::Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| RuntimeError::Unsupported {
+            runtime: "docker",
+            reason: format!(
+                "strict network policy needs `iptables` to keep the run away from host services, and it cannot run ({e}); install iptables and run moat as root, or use `--policy permissive`"
+            ),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unsupported {
+            runtime: "docker",
+            reason: format!(
+                "strict network policy needs to firewall host services from the run, and iptables refused ({}); run moat as root, or use `--policy permissive`",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
 /// Splits `repo[:tag]` (a registry port is not a tag); digests are kept whole.
 fn split_image(image: &str) -> (&str, &str) {
     if image.contains('@') {
@@ -494,6 +726,25 @@ fn split_image(image: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iptables_rules_are_split_like_the_shell() {
+        assert_eq!(
+            split_rule("INPUT -i br-0123 -m comment --comment \"moat:0123\" -j DROP"),
+            [
+                "INPUT",
+                "-i",
+                "br-0123",
+                "-m",
+                "comment",
+                "--comment",
+                "moat:0123",
+                "-j",
+                "DROP"
+            ]
+        );
+        assert_eq!(bridge_name("0123456789abcdef"), "br-0123456789ab");
+    }
 
     #[test]
     fn image_split() {

@@ -4,3 +4,4 @@ pub(crate) mod audit;
 pub(crate) mod grant;
 pub(crate) mod run;
 pub(crate) mod runs;
+pub(crate) mod trace;

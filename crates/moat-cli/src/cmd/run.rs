@@ -14,9 +14,14 @@ use moat_core::config::EnvName;
 use moat_core::config::MoatConfig;
 use moat_core::config::RunName;
 use moat_core::config::RuntimeKind;
+use moat_core::egress::AllowSpec;
+use moat_core::egress::HostRules;
+use moat_core::egress::PolicyMode;
+use moat_core::host::HostPattern;
 use moat_core::orchestrator::Orchestrator;
 use moat_core::orchestrator::RunIo;
 use moat_core::orchestrator::RunRequest;
+use moat_core::orchestrator::RunServices;
 use moat_core::run::RunId;
 use moat_core::run::RunMetadata;
 use moat_core::run::RunSpec;
@@ -26,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::RunAudit;
+use crate::cli::PolicyArg;
 use crate::cli::RunArgs;
 use crate::cli::RuntimeArg;
 use crate::context::Context;
@@ -49,6 +55,7 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> CliResult<i32> {
         .await
         .map_err(pre)?;
     crate::ssh::check_run_grants(ctx, &plan.request.grants)?;
+    crate::egress::check_grants(ctx, &plan.request.grants)?;
     let mut meta = orch
         .create_run(plan.request)
         .map_err(|e| CliError::from_error(EXIT_PRE_RUN, &e))?;
@@ -87,7 +94,7 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
             grants.push(g.clone());
         }
     }
-    refuse_unavailable(&config, &grants)?;
+    refuse_unavailable(&config)?;
     let runtime = match args.runtime {
         Some(RuntimeArg::Docker) => RuntimeKind::Docker,
         Some(RuntimeArg::Apple) => RuntimeKind::Apple,
@@ -171,6 +178,41 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
         }
         mounts.push((source, m.target.clone(), m.readonly));
     }
+    let policy = match args.policy {
+        Some(PolicyArg::Permissive) => PolicyMode::Permissive,
+        Some(PolicyArg::Strict) => PolicyMode::Strict,
+        Some(PolicyArg::None) => PolicyMode::None,
+        None => config.network.policy,
+    };
+    if policy == PolicyMode::None && grants.iter().any(|g| !g.starts_with("ssh:")) {
+        return Err(CliError::new(
+            EXIT_PRE_RUN,
+            "credential grants need network access, but the network policy is `none`",
+        )
+        .hint("use `--policy strict` to reach only the granted hosts"));
+    }
+    let mut network_allow: Vec<AllowSpec> = config
+        .allow_rules()
+        .iter()
+        .map(AllowSpec::from_rules)
+        .collect();
+    for host in &args.allow {
+        let pattern = HostPattern::parse(host)
+            .map_err(|e| CliError::new(EXIT_PRE_RUN, format!("invalid `--allow {host}`: {e}")))?;
+        network_allow.push(AllowSpec::from_rules(&HostRules::any(pattern)));
+    }
+    if policy != PolicyMode::None {
+        // The proxy variables are moat's; a run cannot point them elsewhere.
+        env.retain(|(k, _)| {
+            let reserved = PROXY_VARS.contains(&k.as_str());
+            if reserved {
+                output::warn(format_args!(
+                    "ignoring `{k}` from the run's environment: moat sets it to the run's proxy"
+                ));
+            }
+            !reserved
+        });
+    }
     let spec = RunSpec {
         command,
         env,
@@ -183,6 +225,7 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
         memory_bytes: config.container.memory.map(|m| m.0),
         cpus: config.container.cpus.map(|c| c.0),
         detached: args.detach,
+        network_allow,
     };
     Ok(Plan {
         request: RunRequest {
@@ -191,31 +234,33 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
             image,
             runtime,
             grants,
-            policy: config.network.policy,
+            policy,
             spec,
         },
         runtime,
     })
 }
 
+/// Environment variables moat sets for the run's proxy and CA.
+const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+];
+
 /// Refuses moat.yaml features this version cannot honour yet, rather than silently running
 /// without them.
-fn refuse_unavailable(config: &MoatConfig, grants: &[String]) -> CliResult<()> {
-    let injected: Vec<&str> = grants
-        .iter()
-        .filter(|g| !g.starts_with("ssh:"))
-        .map(String::as_str)
-        .collect();
-    if !injected.is_empty() {
-        return Err(CliError::new(
-            EXIT_PRE_RUN,
-            format!(
-                "the run asks for grants ({}), but network-layer credential injection is not available in this version",
-                injected.join(", ")
-            ),
-        )
-        .hint("only `ssh:<host>` grants work today; remove the others from `grants:` / `--grant`"));
-    }
+fn refuse_unavailable(config: &MoatConfig) -> CliResult<()> {
     if !config.secrets.is_empty() {
         return Err(CliError::new(
             EXIT_PRE_RUN,
@@ -227,11 +272,6 @@ fn refuse_unavailable(config: &MoatConfig, grants: &[String]) -> CliResult<()> {
         output::warn(format_args!(
             "moat.yaml `dependencies` ({}) are not installed by this version; use an image that has them",
             config.dependencies.join(", ")
-        ));
-    }
-    if !config.network.allow.is_empty() {
-        output::warn(format_args!(
-            "moat.yaml `network.allow` is not enforced by this version (no egress proxy yet)"
         ));
     }
     Ok(())
@@ -309,8 +349,9 @@ async fn supervise_foreground(
     };
     let audit = open_audit(ctx, orch, &meta.id)?;
     let agent = start_ssh_agent(ctx, orch, meta, audit.clone()).await?;
+    let services = run_services(ctx, meta, audit)?;
     let outcome = orch
-        .supervise(&meta.id, io, audit, std::process::id())
+        .supervise(&meta.id, io, services, std::process::id())
         .await;
     if let Some(agent) = agent {
         agent.shutdown().await;
@@ -332,6 +373,24 @@ async fn supervise_foreground(
             meta.id
         ))),
     }
+}
+
+/// The run's collaborators: audit log, credential provider and egress proxy.
+fn run_services(
+    ctx: &Context,
+    meta: &RunMetadata,
+    audit: Arc<dyn AuditSink>,
+) -> CliResult<RunServices> {
+    let egress: Option<Arc<dyn moat_core::egress::Egress>> = if meta.policy == PolicyMode::None {
+        None
+    } else {
+        Some(Arc::new(crate::egress::ProxyEgress::new(ctx)?))
+    };
+    Ok(RunServices {
+        audit,
+        credentials: crate::egress::credentials(ctx, meta)?,
+        egress,
+    })
 }
 
 /// Opens the run's audit log; a run that cannot be audited does not start.
@@ -476,7 +535,14 @@ pub(crate) async fn supervise_detached(ctx: &Context, run_id: &str) -> CliResult
             return Err(e);
         }
     };
-    let result = orch.supervise(&id, io, audit, std::process::id()).await;
+    let services = match run_services(ctx, &meta, audit) {
+        Ok(s) => s,
+        Err(e) => {
+            output::data_line(&format!("error: {}", e.message));
+            return Err(e);
+        }
+    };
+    let result = orch.supervise(&id, io, services, std::process::id()).await;
     if let Some(agent) = agent {
         agent.shutdown().await;
     }

@@ -232,6 +232,40 @@ impl Runtime for FakeRuntime {
             .map_or(ContainerStatus::Missing, |c| c.1.clone()))
     }
 
+    async fn network_gateway(&self, _id: &str) -> Result<std::net::IpAddr, RuntimeError> {
+        Ok(std::net::IpAddr::from([127, 0, 0, 1]))
+    }
+
+    async fn read_file(&self, _id: &str, _path: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        Ok(None)
+    }
+
+    async fn write_files(
+        &self,
+        _id: &str,
+        files: &[(String, Vec<u8>, u32)],
+    ) -> Result<(), RuntimeError> {
+        let mut state = self.state.lock().unwrap();
+        for (path, _, _) in files {
+            state.calls.push(format!("write_file {path}"));
+        }
+        Ok(())
+    }
+
+    async fn restrict_host_access(
+        &self,
+        _network_id: &str,
+        _allow: std::net::SocketAddr,
+    ) -> Result<(), RuntimeError> {
+        self.call("restrict_host_access");
+        Ok(())
+    }
+
+    async fn release_host_access(&self, _network_id: &str) -> Result<(), RuntimeError> {
+        self.call("release_host_access");
+        Ok(())
+    }
+
     async fn objects_of_run(&self, run_id: &str) -> Result<RunObjects, RuntimeError> {
         let state = self.state.lock().unwrap();
         Ok(RunObjects {

@@ -11,6 +11,7 @@ use moat_core::egress::PolicyMode;
 use moat_core::orchestrator::Orchestrator;
 use moat_core::orchestrator::RunIo;
 use moat_core::orchestrator::RunRequest;
+use moat_core::orchestrator::RunServices;
 use moat_core::run::RunMetadata;
 use moat_core::run::RunSpec;
 use moat_core::run::RunState;
@@ -53,6 +54,7 @@ fn spec() -> RunSpec {
         memory_bytes: None,
         cpus: None,
         detached: false,
+        network_allow: Vec::new(),
     }
 }
 
@@ -147,7 +149,7 @@ async fn a_run_is_driven_to_completion_and_cleaned_up() {
     let (io, out) = io(CancellationToken::new());
     let outcome = s
         .orch
-        .supervise(&meta.id, io, audit.clone(), 42)
+        .supervise(&meta.id, io, RunServices::audit_only(audit.clone()), 42)
         .await
         .unwrap();
     assert_eq!(outcome.exit_code, 7);
@@ -216,7 +218,12 @@ async fn container_spec_is_hardened() {
     let meta = create(&s, PolicyMode::Strict, sp);
     let (io, _) = io(CancellationToken::new());
     s.orch
-        .supervise(&meta.id, io, Arc::new(RecordingAudit::default()), 1)
+        .supervise(
+            &meta.id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
         .await
         .unwrap();
     let state = s.rt.state.lock().unwrap();
@@ -244,7 +251,12 @@ async fn policy_none_has_no_network() {
     let meta = create(&s, PolicyMode::None, sp);
     let (io, _) = io(CancellationToken::new());
     s.orch
-        .supervise(&meta.id, io, Arc::new(RecordingAudit::default()), 1)
+        .supervise(
+            &meta.id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
         .await
         .unwrap();
     let state = s.rt.state.lock().unwrap();
@@ -262,8 +274,13 @@ async fn cancel_stops_the_container() {
     let orch = s.orch.clone();
     let id = meta.id.clone();
     let task = tokio::spawn(async move {
-        orch.supervise(&id, io, Arc::new(RecordingAudit::default()), 1)
-            .await
+        orch.supervise(
+            &id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(s.store.is_supervised(&meta.id));
@@ -291,7 +308,7 @@ async fn a_failed_start_is_recorded_and_cleaned_up() {
     let (io, _) = io(CancellationToken::new());
     let err = s
         .orch
-        .supervise(&meta.id, io, audit.clone(), 1)
+        .supervise(&meta.id, io, RunServices::audit_only(audit.clone()), 1)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("create container"), "{err}");
@@ -316,8 +333,13 @@ async fn reconcile_stops_an_orphaned_container() {
     let orch = s.orch.clone();
     let id = meta.id.clone();
     let task = tokio::spawn(async move {
-        orch.supervise(&id, io, Arc::new(RecordingAudit::default()), 1)
-            .await
+        orch.supervise(
+            &id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     task.abort();
@@ -345,7 +367,12 @@ async fn a_second_supervisor_is_refused() {
     let (io, _) = io(CancellationToken::new());
     let err = s
         .orch
-        .supervise(&meta.id, io, Arc::new(RecordingAudit::default()), 1)
+        .supervise(
+            &meta.id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already supervised"), "{err}");

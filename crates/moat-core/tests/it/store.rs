@@ -45,6 +45,7 @@ fn meta(id: &str, name: &str, secs: i64) -> RunMetadata {
             memory_bytes: None,
             cpus: None,
             detached: false,
+            network_allow: Vec::new(),
         },
     }
 }
