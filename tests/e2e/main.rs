@@ -2,6 +2,7 @@
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 mod audit;
+mod conformance;
 mod errors;
 mod grant;
 mod lifecycle;

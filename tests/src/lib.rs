@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+pub mod git;
 pub mod upstream;
 
 /// The image the suites run, built by `cargo xtask test-image`.

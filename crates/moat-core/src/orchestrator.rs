@@ -456,6 +456,17 @@ impl Orchestrator {
             env.push((k.to_owned(), SYSTEM_BUNDLE.to_owned()));
         }
         env.push(("NODE_EXTRA_CA_CERTS".to_owned(), MOAT_CA_PATH.to_owned()));
+        let node_options = meta
+            .spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "NODE_OPTIONS")
+            .map(|(_, v)| format!("{v} "))
+            .unwrap_or_default();
+        env.push((
+            "NODE_OPTIONS".to_owned(),
+            format!("{node_options}--require {NODE_PROXY_PATH}"),
+        ));
         env.extend(resolved.env);
         Ok(Some(RunEgress {
             handle,
@@ -495,6 +506,11 @@ impl Orchestrator {
                     (
                         MOAT_CA_PATH.to_owned(),
                         e.handle.ca_pem.clone().into_bytes(),
+                        0o644,
+                    ),
+                    (
+                        NODE_PROXY_PATH.to_owned(),
+                        NODE_PROXY_JS.as_bytes().to_vec(),
                         0o644,
                     ),
                 ],
@@ -724,6 +740,10 @@ impl Orchestrator {
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The run CA alone, for tools that add extra roots (`NODE_EXTRA_CA_CERTS`).
 const MOAT_CA_PATH: &str = "/etc/moat/ca.crt";
+
+/// Preload that routes Node.js `https` through the proxy (Node ignores `HTTPS_PROXY`).
+const NODE_PROXY_PATH: &str = "/etc/moat/node-proxy.cjs";
+const NODE_PROXY_JS: &str = include_str!("node_proxy.cjs");
 
 /// A started egress and what the container needs to use it.
 struct RunEgress {
