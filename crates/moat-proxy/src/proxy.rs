@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use bytes::Bytes;
 use chrono::Utc;
 use flate2::write::MultiGzDecoder;
 use http::HeaderMap;
@@ -40,6 +41,8 @@ use moat_core::egress::NetworkEventSink;
 use moat_core::egress::NetworkRecord;
 use moat_core::egress::RecordDecision;
 use rustls::pki_types::DnsName;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -869,6 +872,8 @@ impl Tunnel {
         }
         if covered {
             restrict_accept_encoding(&mut parts.headers);
+            // Compressed WebSocket frames could hide a reflected credential from the scrubber.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let secrets = &compiled.scrub_pairs;
         let rule_headers = &compiled.headers;
@@ -919,7 +924,8 @@ impl Tunnel {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade =
                     hyper::upgrade::on(Response::from_parts(rparts.clone(), rbody));
-                tokio::spawn(splice(client_upgrade, upstream_upgrade));
+                let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
+                tokio::spawn(splice(client_upgrade, upstream_upgrade, scrubber));
             }
             record.status = Some(101);
             record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
@@ -1118,13 +1124,57 @@ async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.is_ok();
 }
 
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Joins an upgraded client and upstream. With a scrubber, the upstream-to-client direction
+/// replaces secrets by same-length masks, so WebSocket frame lengths stay valid (compression
+/// extensions are not negotiated for credentialed hosts, so frames carry plain bytes).
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    scrubber: Option<Scrubber>,
+) {
     let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
         return;
     };
     let mut c = TokioIo::new(c);
     let mut u = TokioIo::new(u);
-    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+    let Some(mut scrubber) = scrubber else {
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        return;
+    };
+    let (mut c_read, mut c_write) = tokio::io::split(c);
+    let (mut u_read, mut u_write) = tokio::io::split(u);
+    let up = async {
+        let _ = tokio::io::copy(&mut c_read, &mut u_write).await;
+        let _ = u_write.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match u_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let out = scrubber.push(Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
+            if c_write.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        let _ = c_write.write_all(&scrubber.finish()).await;
+        let _ = c_write.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+/// The scrub pairs with each replacement padded or cut to the secret's length.
+fn masks(pairs: &[crate::inject::ScrubPair]) -> Arc<[crate::inject::ScrubPair]> {
+    pairs
+        .iter()
+        .map(|(secret, replacement)| {
+            let mut mask: Vec<u8> = replacement.iter().copied().take(secret.len()).collect();
+            mask.resize(secret.len(), b'*');
+            (secret.clone(), mask)
+        })
+        .collect()
 }
 
 fn deny_response(reason: &DenyReason) -> Response<ProxyBody> {
@@ -1542,6 +1592,17 @@ mod tests {
         );
         restrict_accept_encoding(&mut h);
         assert_eq!(h[header::ACCEPT_ENCODING], "identity");
+    }
+
+    #[test]
+    fn websocket_masks_keep_the_secret_length() {
+        let pairs = [
+            (zeroize::Zeroizing::new(b"SECRET".to_vec()), b"PH".to_vec()),
+            (zeroize::Zeroizing::new(b"AB".to_vec()), b"LONGER".to_vec()),
+        ];
+        let m = masks(&pairs);
+        assert_eq!(m[0].1, b"PH****");
+        assert_eq!(m[1].1, b"LO");
     }
 
     #[test]
