@@ -113,6 +113,8 @@ pub struct RunContext {
     sink: Arc<dyn NetworkEventSink>,
     next_id: AtomicU64,
     compiled: std::sync::Mutex<Option<Arc<CompiledRules>>>,
+    /// Cleared by [`Proxy::remove_run`]: open tunnels stop serving the run at once.
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -138,6 +140,7 @@ impl RunContext {
             sink,
             next_id: AtomicU64::new(1),
             compiled: std::sync::Mutex::new(None),
+            active: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -420,8 +423,9 @@ impl Proxy {
         self.shared.add_run(run)
     }
 
-    /// Stops serving the run with `token`; its open tunnels finish their current requests.
-    /// Returns whether a run was removed.
+    /// Stops serving the run with `token`: new clients are refused, and requests on its open
+    /// tunnels are answered with `403` (`X-Moat-Blocked: run-ended`) without reaching the
+    /// upstream. Requests already in flight finish. Returns whether a run was removed.
     pub fn remove_run(&self, token: &Secret) -> bool {
         let mut runs = self
             .shared
@@ -429,7 +433,13 @@ impl Proxy {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let before = runs.len();
-        runs.retain(|r| !ct_eq(r.token.expose().as_bytes(), token.expose().as_bytes()));
+        runs.retain(|r| {
+            let matches = ct_eq(r.token.expose().as_bytes(), token.expose().as_bytes());
+            if matches {
+                r.active.store(false, Ordering::SeqCst);
+            }
+            !matches
+        });
         runs.len() != before
     }
 
@@ -837,6 +847,16 @@ impl Tunnel {
         let method = req.method().as_str().to_owned();
         let mut record = new_record(run, &method, &url, &target.host);
 
+        if !run.active.load(Ordering::SeqCst) {
+            let resp = answer::blocked(
+                "run-ended",
+                "the run this tunnel belonged to has ended",
+                "start a new run to make further requests",
+            );
+            record.decision = RecordDecision::Denied;
+            record.reason = Some("run-ended".into());
+            return finish_now(run, record, start, &req, resp);
+        }
         if let Err(what) = check_authority(&req, target) {
             let resp = answer::blocked(
                 "authority-mismatch",
