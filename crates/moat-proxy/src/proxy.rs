@@ -261,6 +261,7 @@ pub struct ProxyBuilder {
     upstream: UpstreamSettings,
     limits: Limits,
     runs: Vec<RunContext>,
+    unauthenticated: Option<SinkHandle>,
 }
 
 impl ProxyBuilder {
@@ -271,6 +272,7 @@ impl ProxyBuilder {
             upstream: UpstreamSettings::default(),
             limits: Limits::default(),
             runs: Vec::new(),
+            unauthenticated: None,
         }
     }
 
@@ -283,6 +285,13 @@ impl ProxyBuilder {
     /// Sets resource limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Where requests without a valid proxy token are recorded (they belong to no run).
+    /// Without a sink they are refused silently.
+    pub fn unauthenticated_sink(mut self, sink: Arc<dyn NetworkEventSink>) -> Self {
+        self.unauthenticated = Some(SinkHandle(sink));
         self
     }
 
@@ -331,6 +340,8 @@ impl ProxyBuilder {
             shutdown: shutdown_rx,
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            unauthenticated: self.unauthenticated,
+            unauthenticated_ids: AtomicU64::new(1),
         });
         for run in self.runs {
             shared.add_run(run)?;
@@ -472,6 +483,17 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    unauthenticated: Option<SinkHandle>,
+    unauthenticated_ids: AtomicU64,
+}
+
+/// A sink, shown in `Debug` output by name only.
+struct SinkHandle(Arc<dyn NetworkEventSink>);
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetworkEventSink")
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -583,7 +605,35 @@ async fn handle_outer(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let Some(run) = shared.authenticate(req.headers()) else {
-        return answer::proxy_auth_required();
+        let resp = answer::proxy_auth_required();
+        if let Some(SinkHandle(sink)) = &shared.unauthenticated {
+            let n = shared.unauthenticated_ids.fetch_add(1, Ordering::Relaxed);
+            let url = req.uri().to_string();
+            let host = req
+                .uri()
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            sink.record(NetworkRecord {
+                ts: Utc::now(),
+                id: format!("unauthenticated-{n}"),
+                method: req.method().as_str().to_owned(),
+                url,
+                host,
+                status: Some(resp.status().as_u16()),
+                duration_ms: 0.0,
+                req_bytes: 0,
+                resp_bytes: 0,
+                grant: None,
+                decision: RecordDecision::Denied,
+                reason: Some("proxy-auth-required".into()),
+                req_headers: redact_headers(req.headers(), &[], &[]),
+                resp_headers: redact_headers(resp.headers(), &[], &[]),
+            });
+        }
+        return resp;
     };
     let mut resp = if req.method() == Method::CONNECT {
         handle_connect(shared, run, permit, req)
