@@ -88,6 +88,11 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// An intercepted client session with no bytes in either direction for this long is
+    /// closed: it is asked to finish gracefully and dropped if it has not within ten more
+    /// seconds (so a response that sends nothing for this long is cut). WebSocket sessions are
+    /// not affected.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -98,6 +103,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(120),
             max_concurrent_streams: 256,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -549,6 +555,7 @@ fn client_builder(settings: &UpstreamSettings) -> hyper_util::client::legacy::Bu
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
         .http2_adaptive_window(true)
+        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
         .set_host(true);
     b
 }
@@ -839,7 +846,11 @@ async fn intercept(
         let tunnel = tunnel.clone();
         async move { Ok::<_, Infallible>(tunnel.handle(req).await) }
     });
-    let io = TokioIo::new(tls);
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: tls,
+        activity: activity.clone(),
+    });
     let mut shutdown = shared.shutdown.clone();
     let limits = &shared.limits;
     if h2 {
@@ -858,6 +869,11 @@ async fn intercept(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+            _ = activity.idle_for(limits.idle_timeout) => {
+                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.idle_timeout.min(Duration::from_secs(10)), conn).await;
+            }
         }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -873,7 +889,112 @@ async fn intercept(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+            _ = activity.idle_for(limits.idle_timeout) => {
+                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.idle_timeout.min(Duration::from_secs(10)), conn).await;
+            }
         }
+    }
+}
+
+/// When an intercepted session last moved bytes.
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no bytes have moved for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.epoch.elapsed().saturating_sub(last);
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+}
+
+/// An IO that reports activity on every successful read or write.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let res = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        res
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let res = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
