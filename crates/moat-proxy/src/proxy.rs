@@ -772,7 +772,7 @@ async fn intercept(
     run: Arc<RunContext>,
     target: Target,
     upgraded: hyper::upgrade::Upgraded,
-    _permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<OwnedSemaphorePermit>,
 ) {
     let timeout = shared.limits.handshake_timeout;
     let acceptor =
@@ -841,6 +841,7 @@ async fn intercept(
         shared: shared.clone(),
         run,
         target,
+        permit,
     });
     let svc = service_fn(move |req: Request<Incoming>| {
         let tunnel = tunnel.clone();
@@ -1003,6 +1004,8 @@ struct Tunnel {
     shared: Arc<Shared>,
     run: Arc<RunContext>,
     target: Target,
+    /// The client's connection slot, held by upgraded streams too.
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Tunnel {
@@ -1116,7 +1119,11 @@ impl Tunnel {
                 let upstream_upgrade =
                     hyper::upgrade::on(Response::from_parts(rparts.clone(), rbody));
                 let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
-                tokio::spawn(splice(client_upgrade, upstream_upgrade, scrubber));
+                let permit = self.permit.clone();
+                tokio::spawn(async move {
+                    splice(client_upgrade, upstream_upgrade, scrubber).await;
+                    drop(permit);
+                });
             }
             record.status = Some(101);
             record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
