@@ -212,9 +212,13 @@ async fn proxy_failures_are_told_apart_from_upstream_answers() {
     let ca = TestCa::new();
     let (addr, _state) = tls_upstream(&ca, &["wrong.example.test"], &[b"http/1.1"]).await;
     let closed = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
+        // Bound but never listening: the port stays reserved and connections are refused.
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
     };
+    let (_reserved, closed) = closed;
     let settings = upstream_settings(&ca, &[API], addr).resolve("down.example.test", 443, closed);
     let h = harness(EgressPolicy::default(), vec![], settings).await;
     // Certificate does not name the host.
