@@ -149,3 +149,51 @@ async fn random_request_heads_never_panic_the_proxy() {
     let (code, _, head) = h.connect(&format!("{API}:443")).await;
     assert_eq!(code, 200, "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_inside_a_tunnel_never_panic_the_proxy() {
+    count_worker_panics();
+    let ca = TestCa::new();
+    let (addr, _) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
+    let limits = moat_proxy::Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let h = Arc::new(
+        harness_with(
+            EgressPolicy::default(),
+            vec![github_rule()],
+            upstream_settings(&ca, &[API], addr),
+            limits,
+        )
+        .await,
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let case = head().new_tree(&mut runner).unwrap().current();
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tls = h.tls(&format!("{API}:443"), API, &[b"http/1.1"]).await;
+            let _ = tls.write_all(&case).await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut sink)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        WORKER_PANICS.load(Ordering::SeqCst),
+        0,
+        "a proxy task panicked"
+    );
+    let resp = h
+        .request(&format!("{API}:443"), b"h2", get("/echo", API))
+        .await;
+    assert_eq!(resp.status(), 200);
+}
