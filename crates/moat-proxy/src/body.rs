@@ -127,8 +127,13 @@ pub(crate) struct ResponseBody {
     sent: u64,
     pending: Option<PendingRecord>,
     trailers: Option<HeaderMap>,
+    pending_in: Bytes,
     done: bool,
 }
+
+/// Compressed bytes decoded per step; deflate expands at most ~1032:1, so one decoded frame
+/// stays around a megabyte.
+const GZIP_SLICE: usize = 1024;
 
 impl ResponseBody {
     pub(crate) fn new(
@@ -142,6 +147,7 @@ impl ResponseBody {
             sent: 0,
             pending,
             trailers: None,
+            pending_in: Bytes::new(),
             done: false,
         }
     }
@@ -200,6 +206,22 @@ impl Body for ResponseBody {
             return Poll::Ready(None);
         }
         loop {
+            if !this.pending_in.is_empty() {
+                let take = this.pending_in.len().min(GZIP_SLICE);
+                let slice = this.pending_in.split_to(take);
+                match this.transform(slice) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => {
+                        this.sent += out.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    Err(e) => {
+                        this.done = true;
+                        this.finish();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
@@ -208,6 +230,12 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if matches!(this.scrub, Some((Decode::Gzip(_), _))) => {
+                        // Decompress in small slices so a highly compressed chunk cannot
+                        // balloon into one huge buffer.
+                        this.pending_in = data;
+                        continue;
+                    }
                     Ok(data) => match this.transform(data) {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => {
@@ -338,6 +366,45 @@ mod tests {
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             Poll::Ready(self.get_mut().0.pop_front().map(Ok))
         }
+    }
+
+    #[tokio::test]
+    async fn gzip_bombs_are_decoded_in_bounded_frames() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let total = 20 * 1024 * 1024;
+        enc.write_all(&vec![0u8; total])
+            .unwrap_or_else(|e| panic!("{e}"));
+        enc.write_all(b" SECRET").unwrap_or_else(|e| panic!("{e}"));
+        let gz = enc.finish().unwrap_or_else(|e| panic!("{e}"));
+        assert!(gz.len() < 64 * 1024);
+        let frames = Frames(VecDeque::from([Frame::data(Bytes::from(gz))]));
+        let pairs: Arc<[crate::inject::ScrubPair]> =
+            vec![(Zeroizing::new(b"SECRET".to_vec()), b"PH".to_vec())].into();
+        let mut body = ResponseBody::new(
+            frames.boxed_unsync(),
+            Some((
+                Decode::Gzip(Box::new(MultiGzDecoder::new(Vec::new()))),
+                Scrubber::new(pairs),
+            )),
+            None,
+        );
+        let mut seen = 0usize;
+        let mut last = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_data()
+                .unwrap_or_default();
+            assert!(
+                data.len() <= 2 * 1024 * 1024,
+                "frame of {} bytes",
+                data.len()
+            );
+            seen += data.len();
+            last = data.to_vec();
+        }
+        assert_eq!(seen, total + 3);
+        assert!(last.ends_with(b" PH"));
     }
 
     #[tokio::test]

@@ -64,6 +64,8 @@ pub use proxy::ProxyBuilder;
 pub use proxy::ProxyError;
 pub use proxy::RunContext;
 pub use proxy::generate_token;
+/// DER certificate type used for extra upstream roots and the CA certificate.
+pub use rustls::pki_types::CertificateDer;
 pub use upstream::SettingsError;
 pub use upstream::UpstreamError;
 pub use upstream::UpstreamSettings;

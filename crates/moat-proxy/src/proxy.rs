@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use bytes::Bytes;
 use chrono::Utc;
 use flate2::write::MultiGzDecoder;
 use http::HeaderMap;
@@ -40,6 +41,8 @@ use moat_core::egress::NetworkEventSink;
 use moat_core::egress::NetworkRecord;
 use moat_core::egress::RecordDecision;
 use rustls::pki_types::DnsName;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -85,6 +88,11 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    /// An intercepted client session with no bytes in either direction for this long is
+    /// closed: it is asked to finish gracefully and dropped if it has not within ten more
+    /// seconds (so a response that sends nothing for this long is cut). WebSocket sessions are
+    /// not affected.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -95,6 +103,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(120),
             max_concurrent_streams: 256,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -110,6 +119,8 @@ pub struct RunContext {
     sink: Arc<dyn NetworkEventSink>,
     next_id: AtomicU64,
     compiled: std::sync::Mutex<Option<Arc<CompiledRules>>>,
+    /// Cleared by [`Proxy::remove_run`]: open tunnels stop serving the run at once.
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -135,6 +146,7 @@ impl RunContext {
             sink,
             next_id: AtomicU64::new(1),
             compiled: std::sync::Mutex::new(None),
+            active: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -255,6 +267,7 @@ pub struct ProxyBuilder {
     upstream: UpstreamSettings,
     limits: Limits,
     runs: Vec<RunContext>,
+    unauthenticated: Option<SinkHandle>,
 }
 
 impl ProxyBuilder {
@@ -265,6 +278,7 @@ impl ProxyBuilder {
             upstream: UpstreamSettings::default(),
             limits: Limits::default(),
             runs: Vec::new(),
+            unauthenticated: None,
         }
     }
 
@@ -277,6 +291,13 @@ impl ProxyBuilder {
     /// Sets resource limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Where requests without a valid proxy token are recorded (they belong to no run).
+    /// Without a sink they are refused silently.
+    pub fn unauthenticated_sink(mut self, sink: Arc<dyn NetworkEventSink>) -> Self {
+        self.unauthenticated = Some(SinkHandle(sink));
         self
     }
 
@@ -325,6 +346,8 @@ impl ProxyBuilder {
             shutdown: shutdown_rx,
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
+            unauthenticated: self.unauthenticated,
+            unauthenticated_ids: AtomicU64::new(1),
         });
         for run in self.runs {
             shared.add_run(run)?;
@@ -417,8 +440,9 @@ impl Proxy {
         self.shared.add_run(run)
     }
 
-    /// Stops serving the run with `token`; its open tunnels finish their current requests.
-    /// Returns whether a run was removed.
+    /// Stops serving the run with `token`: new clients are refused, and requests on its open
+    /// tunnels are answered with `403` (`X-Moat-Blocked: run-ended`) without reaching the
+    /// upstream. Requests already in flight finish. Returns whether a run was removed.
     pub fn remove_run(&self, token: &Secret) -> bool {
         let mut runs = self
             .shared
@@ -426,7 +450,13 @@ impl Proxy {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let before = runs.len();
-        runs.retain(|r| !ct_eq(r.token.expose().as_bytes(), token.expose().as_bytes()));
+        runs.retain(|r| {
+            let matches = ct_eq(r.token.expose().as_bytes(), token.expose().as_bytes());
+            if matches {
+                r.active.store(false, Ordering::SeqCst);
+            }
+            !matches
+        });
         runs.len() != before
     }
 
@@ -459,6 +489,17 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
     max_connections: usize,
+    unauthenticated: Option<SinkHandle>,
+    unauthenticated_ids: AtomicU64,
+}
+
+/// A sink, shown in `Debug` output by name only.
+struct SinkHandle(Arc<dyn NetworkEventSink>);
+
+impl std::fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetworkEventSink")
+    }
 }
 
 impl std::fmt::Debug for Connector {
@@ -514,6 +555,7 @@ fn client_builder(settings: &UpstreamSettings) -> hyper_util::client::legacy::Bu
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
         .http2_adaptive_window(true)
+        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
         .set_host(true);
     b
 }
@@ -570,7 +612,35 @@ async fn handle_outer(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let Some(run) = shared.authenticate(req.headers()) else {
-        return answer::proxy_auth_required();
+        let resp = answer::proxy_auth_required();
+        if let Some(SinkHandle(sink)) = &shared.unauthenticated {
+            let n = shared.unauthenticated_ids.fetch_add(1, Ordering::Relaxed);
+            let url = req.uri().to_string();
+            let host = req
+                .uri()
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            sink.record(NetworkRecord {
+                ts: Utc::now(),
+                id: format!("unauthenticated-{n}"),
+                method: req.method().as_str().to_owned(),
+                url,
+                host,
+                status: Some(resp.status().as_u16()),
+                duration_ms: 0.0,
+                req_bytes: 0,
+                resp_bytes: 0,
+                grant: None,
+                decision: RecordDecision::Denied,
+                reason: Some("proxy-auth-required".into()),
+                req_headers: redact_headers(req.headers(), &[], &[]),
+                resp_headers: redact_headers(resp.headers(), &[], &[]),
+            });
+        }
+        return resp;
     };
     let mut resp = if req.method() == Method::CONNECT {
         handle_connect(shared, run, permit, req)
@@ -702,7 +772,7 @@ async fn intercept(
     run: Arc<RunContext>,
     target: Target,
     upgraded: hyper::upgrade::Upgraded,
-    _permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<OwnedSemaphorePermit>,
 ) {
     let timeout = shared.limits.handshake_timeout;
     let acceptor =
@@ -771,12 +841,17 @@ async fn intercept(
         shared: shared.clone(),
         run,
         target,
+        permit,
     });
     let svc = service_fn(move |req: Request<Incoming>| {
         let tunnel = tunnel.clone();
         async move { Ok::<_, Infallible>(tunnel.handle(req).await) }
     });
-    let io = TokioIo::new(tls);
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: tls,
+        activity: activity.clone(),
+    });
     let mut shutdown = shared.shutdown.clone();
     let limits = &shared.limits;
     if h2 {
@@ -795,6 +870,11 @@ async fn intercept(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+            _ = activity.idle_for(limits.idle_timeout) => {
+                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.idle_timeout.min(Duration::from_secs(10)), conn).await;
+            }
         }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -810,7 +890,112 @@ async fn intercept(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+            _ = activity.idle_for(limits.idle_timeout) => {
+                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.idle_timeout.min(Duration::from_secs(10)), conn).await;
+            }
         }
+    }
+}
+
+/// When an intercepted session last moved bytes.
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no bytes have moved for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.epoch.elapsed().saturating_sub(last);
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+}
+
+/// An IO that reports activity on every successful read or write.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let res = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        res
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let res = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -819,6 +1004,8 @@ struct Tunnel {
     shared: Arc<Shared>,
     run: Arc<RunContext>,
     target: Target,
+    /// The client's connection slot, held by upgraded streams too.
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Tunnel {
@@ -834,6 +1021,16 @@ impl Tunnel {
         let method = req.method().as_str().to_owned();
         let mut record = new_record(run, &method, &url, &target.host);
 
+        if !run.active.load(Ordering::SeqCst) {
+            let resp = answer::blocked(
+                "run-ended",
+                "the run this tunnel belonged to has ended",
+                "start a new run to make further requests",
+            );
+            record.decision = RecordDecision::Denied;
+            record.reason = Some("run-ended".into());
+            return finish_now(run, record, start, &req, resp);
+        }
         if let Err(what) = check_authority(&req, target) {
             let resp = answer::blocked(
                 "authority-mismatch",
@@ -869,6 +1066,8 @@ impl Tunnel {
         }
         if covered {
             restrict_accept_encoding(&mut parts.headers);
+            // Compressed WebSocket frames could hide a reflected credential from the scrubber.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let secrets = &compiled.scrub_pairs;
         let rule_headers = &compiled.headers;
@@ -919,7 +1118,12 @@ impl Tunnel {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade =
                     hyper::upgrade::on(Response::from_parts(rparts.clone(), rbody));
-                tokio::spawn(splice(client_upgrade, upstream_upgrade));
+                let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
+                let permit = self.permit.clone();
+                tokio::spawn(async move {
+                    splice(client_upgrade, upstream_upgrade, scrubber).await;
+                    drop(permit);
+                });
             }
             record.status = Some(101);
             record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
@@ -1118,13 +1322,57 @@ async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.is_ok();
 }
 
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Joins an upgraded client and upstream. With a scrubber, the upstream-to-client direction
+/// replaces secrets by same-length masks, so WebSocket frame lengths stay valid (compression
+/// extensions are not negotiated for credentialed hosts, so frames carry plain bytes).
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    scrubber: Option<Scrubber>,
+) {
     let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
         return;
     };
     let mut c = TokioIo::new(c);
     let mut u = TokioIo::new(u);
-    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+    let Some(mut scrubber) = scrubber else {
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        return;
+    };
+    let (mut c_read, mut c_write) = tokio::io::split(c);
+    let (mut u_read, mut u_write) = tokio::io::split(u);
+    let up = async {
+        let _ = tokio::io::copy(&mut c_read, &mut u_write).await;
+        let _ = u_write.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match u_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let out = scrubber.push(Bytes::copy_from_slice(buf.get(..n).unwrap_or_default()));
+            if c_write.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        let _ = c_write.write_all(&scrubber.finish()).await;
+        let _ = c_write.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+/// The scrub pairs with each replacement padded or cut to the secret's length.
+fn masks(pairs: &[crate::inject::ScrubPair]) -> Arc<[crate::inject::ScrubPair]> {
+    pairs
+        .iter()
+        .map(|(secret, replacement)| {
+            let mut mask: Vec<u8> = replacement.iter().copied().take(secret.len()).collect();
+            mask.resize(secret.len(), b'*');
+            (secret.clone(), mask)
+        })
+        .collect()
 }
 
 fn deny_response(reason: &DenyReason) -> Response<ProxyBody> {
@@ -1542,6 +1790,17 @@ mod tests {
         );
         restrict_accept_encoding(&mut h);
         assert_eq!(h[header::ACCEPT_ENCODING], "identity");
+    }
+
+    #[test]
+    fn websocket_masks_keep_the_secret_length() {
+        let pairs = [
+            (zeroize::Zeroizing::new(b"SECRET".to_vec()), b"PH".to_vec()),
+            (zeroize::Zeroizing::new(b"AB".to_vec()), b"LONGER".to_vec()),
+        ];
+        let m = masks(&pairs);
+        assert_eq!(m[0].1, b"PH****");
+        assert_eq!(m[1].1, b"LO");
     }
 
     #[test]

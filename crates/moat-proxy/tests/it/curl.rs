@@ -119,3 +119,49 @@ async fn curl_sees_denials_with_a_reason() {
     assert_ne!(code, 0);
     assert!(err.contains("403"), "{err}");
 }
+
+/// Python's standard library (urllib) through `HTTPS_PROXY` with userinfo and the run CA in
+/// `SSL_CERT_FILE`, as a container would use it: no flags.
+#[tokio::test]
+async fn python_urllib_works_through_the_proxy_environment() {
+    let ca = TestCa::new();
+    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
+    let h = harness(
+        EgressPolicy::default(),
+        vec![github_rule()],
+        upstream_settings(&ca, &[API], addr),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &h.ca_pem).unwrap();
+    let script = format!(
+        "import urllib.request\n\
+         req = urllib.request.Request('https://{API}/echo', headers={{'Authorization': 'Bearer {PLACEHOLDER}'}})\n\
+         print(urllib.request.urlopen(req, timeout=20).read().decode())\n"
+    );
+    let out = tokio::time::timeout(
+        T,
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .env("HTTPS_PROXY", h.proxy.proxy_url(&h.token).expose())
+            .env("SSL_CERT_FILE", &ca_path)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("https_proxy")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .expect("python3 must be on PATH for this test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("body-len: 0"), "{stdout}");
+    assert!(!stdout.contains(REAL), "{stdout}");
+    assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
+}

@@ -274,7 +274,18 @@ async fn several_runs_share_one_proxy() {
     let rec = sink2.wait_for(&format!("https://{API}/echo")).await;
     assert_eq!(rec.grant, None);
     assert!(h.sink.all().is_empty());
+    // An open tunnel of a removed run stops serving at once.
+    let tls = h2.tls(&format!("{API}:443"), API, &[b"http/1.1"]).await;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let resp = send.send_request(get("/echo", API)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = body_text(resp).await;
     assert!(h2.proxy.remove_run(&token2));
+    let resp = send.send_request(get("/echo", API)).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-moat-blocked"], "run-ended");
     let (code, _, _) = h2.connect(&format!("{API}:443")).await;
     assert_eq!(code, 407);
     h2.proxy.shutdown(std::time::Duration::from_secs(5)).await;

@@ -6,6 +6,7 @@ mod support;
 
 mod certs;
 mod curl;
+mod fuzz;
 mod intercept;
 mod policy;
 mod robustness;

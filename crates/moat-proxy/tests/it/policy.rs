@@ -13,6 +13,37 @@ use crate::support::*;
 #[tokio::test]
 async fn proxy_authentication_is_required() {
     let h = harness(EgressPolicy::default(), vec![], Default::default()).await;
+    let unauth = std::sync::Arc::new(MemorySink::default());
+    let other = moat_proxy::ProxyBuilder::new("127.0.0.1:0".parse().unwrap())
+        .unauthenticated_sink(unauth.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(other.local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!(
+            "CONNECT {API}:443 HTTP/1.1\r\nProxy-Authorization: Basic bW9hdDp3cm9uZw==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_code(&read_head(&mut tcp).await), 407);
+    let rec = unauth
+        .all()
+        .pop()
+        .expect("unauthenticated attempt recorded");
+    assert_eq!(rec.method, "CONNECT");
+    assert_eq!(rec.host, API);
+    assert_eq!(rec.decision, RecordDecision::Denied);
+    assert_eq!(
+        rec.req_headers
+            .get("proxy-authorization")
+            .map(String::as_str),
+        Some(moat_core::egress::REDACTED)
+    );
     for auth in [
         None,
         Some("Basic bW9hdDp3cm9uZw==".to_owned()), // moat:wrong
@@ -181,9 +212,13 @@ async fn proxy_failures_are_told_apart_from_upstream_answers() {
     let ca = TestCa::new();
     let (addr, _state) = tls_upstream(&ca, &["wrong.example.test"], &[b"http/1.1"]).await;
     let closed = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
+        // Bound but never listening: the port stays reserved and connections are refused.
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = s.local_addr().unwrap();
+        (s, a)
     };
+    let (_reserved, closed) = closed;
     let settings = upstream_settings(&ca, &[API], addr).resolve("down.example.test", 443, closed);
     let h = harness(EgressPolicy::default(), vec![], settings).await;
     // Certificate does not name the host.

@@ -133,6 +133,7 @@ fn limits() -> moat_proxy::Limits {
         max_connections: 2,
         handshake_timeout: std::time::Duration::from_secs(1),
         header_read_timeout: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(1),
         ..Default::default()
     }
 }
@@ -170,6 +171,14 @@ async fn idle_clients_are_disconnected_by_timeouts() {
     let mut out = Vec::new();
     let r = tokio::time::timeout(T, tls.read_to_end(&mut out)).await;
     assert!(r.is_ok(), "an idle intercepted session must be closed");
+    // An intercepted HTTP/2 session that never sends anything after its handshake.
+    let mut quiet = h2.tls(&format!("{API}:443"), API, &[b"h2"]).await;
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(T, quiet.read_to_end(&mut out)).await;
+    assert!(
+        r.is_ok(),
+        "an idle HTTP/2 session must be closed by the idle timeout"
+    );
     // A client that never finishes its request head.
     let mut tcp = TcpStream::connect(h.proxy.local_addr()).await.unwrap();
     tcp.write_all(b"CONNECT api.exa").await.unwrap();
@@ -186,6 +195,7 @@ async fn connection_cap_makes_extra_clients_wait() {
     let limits = moat_proxy::Limits {
         handshake_timeout: std::time::Duration::from_secs(60),
         header_read_timeout: std::time::Duration::from_secs(60),
+        idle_timeout: std::time::Duration::from_secs(60),
         ..limits()
     };
     let h = harness_with(EgressPolicy::default(), vec![], Default::default(), limits).await;

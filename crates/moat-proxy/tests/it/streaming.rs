@@ -156,3 +156,45 @@ async fn request_bodies_stream_upstream_and_are_counted() {
         assert_eq!(rec.resp_bytes, body.len() as u64);
     }
 }
+
+#[tokio::test]
+async fn websocket_streams_from_credentialed_hosts_are_scrubbed() {
+    let (h, state) = setup(&[b"http/1.1"], true).await;
+    let mut tls = h.tls(&format!("{API}:443"), API, &[b"http/1.1"]).await;
+    let req = format!(
+        "GET /ws?leak=1 HTTP/1.1\r\nHost: {API}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(T, tls.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
+        head.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    // Compression was not offered upstream, and the credential was injected.
+    assert!(
+        state
+            .last_headers
+            .lock()
+            .unwrap()
+            .get("sec-websocket-extensions")
+            .is_none()
+    );
+    assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
+    // The reflected token (sent in pieces) arrives masked, with its length preserved.
+    let mut got = vec![0u8; REAL.len() + 1];
+    tokio::time::timeout(T, tls.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(!got.contains(REAL), "{got}");
+    assert_eq!(got, format!("{};", &PLACEHOLDER[..REAL.len()]));
+}
