@@ -127,12 +127,6 @@ fn usage_errors_exit_2() {
 #[test]
 fn features_not_yet_available_are_refused_not_ignored() {
     let env = TestEnv::new();
-    std::fs::write(env.ws.path().join("moat.yaml"), "grants: [github]\n").unwrap();
-    fails_before_run(
-        &env,
-        &["run", "--", "true"],
-        &["grants (github)", "not available"],
-    );
     std::fs::write(
         env.ws.path().join("moat.yaml"),
         "secrets:\n  TOKEN: op://vault/item/field\n",

@@ -15,7 +15,21 @@ use crate::image::TEST_IMAGE;
 pub(crate) fn bench(args: &[&str]) -> Result<()> {
     match args {
         ["run", rest @ ..] => run_overhead(rest),
-        _ => bail!("usage: cargo xtask bench run [--rounds N] [--image IMAGE]"),
+        ["audit"] => cargo_release(&[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "moat-audit",
+            "--example",
+            "bench",
+        ]),
+        ["proxy", rest @ ..] => proxy(rest),
+        _ => bail!(
+            "usage: cargo xtask bench run [--rounds N] [--image IMAGE]\n       \
+             cargo xtask bench audit\n       \
+             cargo xtask bench proxy [--no-mitmproxy] [--seconds N]"
+        ),
     }
 }
 
@@ -132,4 +146,84 @@ fn run_overhead(args: &[&str]) -> Result<()> {
         mm.as_secs_f64() / dm.as_secs_f64().max(1e-9)
     );
     Ok(())
+}
+
+/// Runs a cargo command in the workspace, passing output through.
+fn cargo_release(args: &[&str]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The proxy benchmark: our load generator against a local TLS upstream directly, through
+/// moat-proxy with injection, and through mitmproxy with an equivalent header-injecting addon
+/// (installed from PyPI into a throwaway virtualenv), then leaf minting.
+fn proxy(args: &[&str]) -> Result<()> {
+    let mut mitm = true;
+    let mut seconds = "5".to_owned();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--no-mitmproxy" => mitm = false,
+            "--seconds" => seconds = it.next().context("--seconds needs a number")?.to_string(),
+            other => bail!("unknown argument `{other}`"),
+        }
+    }
+    let mut loadgen: Vec<String> = [
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "moat-proxy",
+        "--example",
+        "loadgen",
+        "--",
+        "--seconds",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    loadgen.push(seconds);
+    if mitm {
+        let mitmdump = mitmproxy_venv()?;
+        loadgen.push("--mitmdump".to_owned());
+        loadgen.push(mitmdump.display().to_string());
+    }
+    let args: Vec<&str> = loadgen.iter().map(String::as_str).collect();
+    cargo_release(&args)?;
+    cargo_release(&["bench", "-q", "-p", "moat-proxy", "--bench", "mint"])
+}
+
+/// A virtualenv with mitmproxy, under the target directory, created once.
+fn mitmproxy_venv() -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let venv = target.join("xtask-mitmproxy-venv");
+    let mitmdump = venv.join("bin").join("mitmdump");
+    if mitmdump.exists() {
+        return Ok(mitmdump);
+    }
+    eprintln!("installing mitmproxy into {} (once)", venv.display());
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("cannot run python3 -m venv")?
+        .success()
+        && Command::new(venv.join("bin").join("pip"))
+            .args(["install", "-q", "mitmproxy"])
+            .status()
+            .context("cannot run pip")?
+            .success();
+    if !ok || !mitmdump.exists() {
+        bail!("installing mitmproxy failed; rerun with --no-mitmproxy to skip the comparison");
+    }
+    Ok(mitmdump)
 }
