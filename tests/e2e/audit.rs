@@ -58,6 +58,10 @@ fn an_intact_run_verifies_and_its_events_are_recorded() {
             "{t} missing: {report}"
         );
     }
+    // run.created pins the image by digest.
+    let log =
+        std::fs::read_to_string(env.home.path().join("runs").join(&id).join("audit.db")).unwrap();
+    assert!(log.contains("\"image_digest\":\"sha256:"), "{log}");
     // An inclusion proof for entry 1 verifies.
     let (code, shown) = audit(&env, &["--prove", "1", &id]);
     assert_eq!(code, Some(0), "{shown}");

@@ -316,3 +316,67 @@ fn a_missing_agent_or_grant_stops_the_run_before_it_starts() {
     );
     assert!(env.run_dirs().is_empty());
 }
+
+#[test]
+fn ssh_to_a_granted_host_works_under_strict_policy_and_nothing_else_does() {
+    require_docker();
+    let env = TestEnv::new();
+    let agent = Agent::start();
+    let git = Sshd::start("strict", &agent.pub_key("id_ed25519"));
+    let kh = known_hosts(env.ws.path(), &[("gitserver", &git)]);
+    let out = env
+        .moat(&[
+            "grant",
+            "ssh",
+            "--host",
+            "gitserver",
+            "--key",
+            &agent.pub_path("id_ed25519"),
+            "--known-hosts",
+            &kh,
+        ])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "grant ssh: {}", text(&out.stderr));
+    // No user configuration inside: moat routes the granted host through its relay.
+    let script = format!(
+        "GW=$(echo $HTTP_PROXY | sed 's/.*@//; s/:.*//'); \
+         ssh -o BatchMode=yes root@gitserver 'echo strict-ok'; echo granted-exit=$?; \
+         ssh -o BatchMode=yes -o ConnectTimeout=3 -o StrictHostKeyChecking=no -p {} root@$GW true; \
+         echo direct-exit=$?; \
+         ssh -o BatchMode=yes -o ConnectTimeout=3 root@otherhost true; echo other-exit=$?",
+        git.port
+    );
+    let out = env
+        .moat(&[
+            "run",
+            "-n",
+            "sshstrict",
+            "--policy",
+            "strict",
+            "-g",
+            "ssh:gitserver",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .env(
+            "MOAT_RESOLVE",
+            format!("gitserver:22=127.0.0.1:{}", git.port),
+        )
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("strict-ok") && stdout.contains("granted-exit=0"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("direct-exit=255"), "{stdout}");
+    assert!(stdout.contains("other-exit=255"), "{stdout}");
+    let trace = text(&env.run(&["trace", "--network", "sshstrict"]).stdout);
+    assert!(trace.contains("SSH ssh://gitserver:22"), "{trace}");
+}

@@ -12,6 +12,9 @@ use moat_core::egress::EgressError;
 use moat_core::egress::EgressHandle;
 use moat_core::egress::EgressRequest;
 use moat_core::egress::EgressStop;
+use moat_core::egress::NetworkEventSink;
+use moat_core::egress::NetworkRecord;
+use moat_core::egress::RecordDecision;
 use moat_core::run::RunMetadata;
 use moat_proxy::CertificateAuthority;
 use moat_proxy::Proxy;
@@ -59,6 +62,27 @@ impl Egress for ProxyEgress {
         let boxed = |e: Box<dyn std::error::Error + Send + Sync>| EgressError { source: e };
         let ca = Arc::new(CertificateAuthority::generate().map_err(|e| boxed(Box::new(e)))?);
         let token = moat_proxy::generate_token();
+        let mut tunnels = Vec::new();
+        let mut relays = Vec::new();
+        for (host, port) in &request.tunnels {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(request.bind, 0))
+                .await
+                .map_err(|e| boxed(Box::new(e)))?;
+            let addr = listener.local_addr().map_err(|e| boxed(Box::new(e)))?;
+            let dest = self
+                .upstream
+                .resolve
+                .get(&(host.to_ascii_lowercase(), *port))
+                .copied();
+            relays.push(tokio::spawn(relay(
+                listener,
+                host.clone(),
+                *port,
+                dest,
+                request.sink.clone(),
+            )));
+            tunnels.push((host.clone(), *port, addr));
+        }
         let run = RunContext::new(token.clone(), ca.clone(), request.sink)
             .with_policy(request.policy)
             .with_credentials(Arc::new(StaticCredentials::new(request.rules)));
@@ -72,17 +96,71 @@ impl Egress for ProxyEgress {
             addr: proxy.local_addr(),
             proxy_url: proxy.proxy_url(&token),
             ca_pem: ca.cert_pem().to_owned(),
-            stop: Box::new(Stopper(proxy)),
+            tunnels,
+            stop: Box::new(Stopper { proxy, relays }),
         })
     }
 }
 
-struct Stopper(Proxy);
+struct Stopper {
+    proxy: Proxy,
+    relays: Vec<tokio::task::JoinHandle<()>>,
+}
 
 #[async_trait]
 impl EgressStop for Stopper {
     async fn shutdown(self: Box<Self>) {
-        self.0.shutdown(Duration::from_secs(2)).await;
+        for relay in &self.relays {
+            relay.abort();
+        }
+        self.proxy.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// Relays raw TCP connections (SSH) from the run to one granted destination, recording each
+/// connection like a proxied request.
+async fn relay(
+    listener: tokio::net::TcpListener,
+    host: String,
+    port: u16,
+    dest: Option<SocketAddr>,
+    sink: Arc<dyn NetworkEventSink>,
+) {
+    let mut n = 0u64;
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        n += 1;
+        let (host, sink) = (host.clone(), sink.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let ts = chrono::Utc::now();
+            let outbound = match dest {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await,
+                None => tokio::net::TcpStream::connect((host.as_str(), port)).await,
+            };
+            let (status, reason, sent, received) = match outbound {
+                Ok(mut out) => match tokio::io::copy_bidirectional(&mut inbound, &mut out).await {
+                    Ok((up, down)) => (Some(200), None, up, down),
+                    Err(e) => (Some(200), Some(format!("relay ended: {e}")), 0, 0),
+                },
+                Err(e) => (None, Some(format!("connect-failed: {e}")), 0, 0),
+            };
+            sink.record(NetworkRecord {
+                ts,
+                id: format!("ssh-{n}"),
+                method: "SSH".to_owned(),
+                url: format!("ssh://{host}:{port}"),
+                host,
+                status,
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                req_bytes: sent,
+                resp_bytes: received,
+                grant: None,
+                decision: RecordDecision::Allowed,
+                reason,
+                req_headers: Default::default(),
+                resp_headers: Default::default(),
+            });
+        });
     }
 }
 

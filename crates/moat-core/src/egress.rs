@@ -537,6 +537,9 @@ pub struct EgressRequest {
     pub rules: Vec<crate::creds::InjectionRule>,
     /// Where request records go.
     pub sink: std::sync::Arc<dyn NetworkEventSink>,
+    /// Raw TCP relays to open, one per destination (`host`, `port`): how SSH to granted hosts
+    /// leaves a strict run. Each listens on `bind` and forwards to its destination.
+    pub tunnels: Vec<(String, u16)>,
 }
 
 impl fmt::Debug for EgressRequest {
@@ -557,6 +560,8 @@ pub struct EgressHandle {
     pub proxy_url: crate::Secret,
     /// PEM of the CA the container must trust (public part only).
     pub ca_pem: String,
+    /// Where each requested tunnel listens: (`host`, `port`, listening address).
+    pub tunnels: Vec<(String, u16, std::net::SocketAddr)>,
     /// Stops it.
     pub stop: Box<dyn EgressStop>,
 }

@@ -278,6 +278,8 @@ impl Orchestrator {
         let config_hash = hex::encode(Sha256::digest(
             serde_json::to_vec(&meta.spec).unwrap_or_default(),
         ));
+        // The image digest pins exactly what ran, whatever the tag points at later.
+        let image_digest = self.runtime.image_id(&meta.image).await.ok().flatten();
         audit.append(
             event::RUN_CREATED,
             serde_json::json!({
@@ -288,6 +290,7 @@ impl Orchestrator {
                 "policy": meta.policy,
                 "grants": meta.grants,
                 "config_hash": config_hash,
+                "image_digest": image_digest,
                 "moat_version": meta.moat_version,
             }),
         )?;
@@ -426,10 +429,17 @@ impl Orchestrator {
                 },
                 rules: resolved.rules,
                 sink: log.sink(),
+                tunnels: if meta.policy == PolicyMode::Strict {
+                    ssh_destinations(&meta.grants)
+                } else {
+                    Vec::new()
+                },
             })
             .await?;
+        let mut reachable = vec![handle.addr];
+        reachable.extend(handle.tunnels.iter().map(|(_, _, addr)| *addr));
         if meta.policy == PolicyMode::Strict
-            && let Err(e) = self.runtime.restrict_host_access(net, handle.addr).await
+            && let Err(e) = self.runtime.restrict_host_access(net, &reachable).await
         {
             handle.stop.shutdown().await;
             log.finish().await;
@@ -516,6 +526,17 @@ impl Orchestrator {
                 ],
             )
             .await?;
+            if !e.handle.tunnels.is_empty() {
+                rt.write_files(
+                    &container,
+                    &[(
+                        SSH_CONFIG_PATH.to_owned(),
+                        ssh_config(&e.handle.tunnels).into_bytes(),
+                        0o644,
+                    )],
+                )
+                .await?;
+            }
         }
 
         let attach = if meta.spec.stdin || meta.spec.tty {
@@ -740,6 +761,47 @@ impl Orchestrator {
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The run CA alone, for tools that add extra roots (`NODE_EXTRA_CA_CERTS`).
 const MOAT_CA_PATH: &str = "/etc/moat/ca.crt";
+
+/// OpenSSH client configuration routing granted SSH hosts through their relays (read by
+/// Debian/Ubuntu's `/etc/ssh/ssh_config` through its `Include`).
+const SSH_CONFIG_PATH: &str = "/etc/ssh/ssh_config.d/moat.conf";
+
+/// SSH destinations of `ssh:<host>[:port]` grants.
+fn ssh_destinations(grants: &[String]) -> Vec<(String, u16)> {
+    grants
+        .iter()
+        .filter_map(|g| g.strip_prefix("ssh:"))
+        .filter_map(|dest| {
+            if let Some(rest) = dest.strip_prefix('[') {
+                let (host, port) = rest.split_once("]:")?;
+                return Some((host.to_owned(), port.parse().ok()?));
+            }
+            match dest.rsplit_once(':') {
+                Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+                None => Some((dest.to_owned(), 22)),
+            }
+        })
+        .collect()
+}
+
+/// `Host` blocks sending each granted destination to its relay, keeping its host key name.
+fn ssh_config(tunnels: &[(String, u16, std::net::SocketAddr)]) -> String {
+    let mut text =
+        String::from("# Written by moat: SSH to granted hosts goes through the run's relays.\n");
+    for (host, port, addr) in tunnels {
+        let alias = if *port == 22 {
+            host.clone()
+        } else {
+            format!("[{host}]:{port}")
+        };
+        text.push_str(&format!(
+            "Host {host}\n    HostName {}\n    Port {}\n    HostKeyAlias {alias}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    text
+}
 
 /// Preload that routes Node.js `https` through the proxy (Node ignores `HTTPS_PROXY`).
 const NODE_PROXY_PATH: &str = "/etc/moat/node-proxy.cjs";

@@ -274,13 +274,13 @@ pub trait Runtime: Send + Sync {
         files: &[(String, Vec<u8>, u32)],
     ) -> Result<(), RuntimeError>;
 
-    /// Firewalls the host from a network's containers: they may reach the host only at
-    /// `allow` (the run's proxy). Fails when the host cannot be firewalled, so strict runs
-    /// fail closed.
+    /// Firewalls the host from a network's containers: they may reach the host only at the
+    /// `allow` addresses (the run's proxy and relays). Fails when the host cannot be
+    /// firewalled, so strict runs fail closed.
     async fn restrict_host_access(
         &self,
         network_id: &str,
-        allow: std::net::SocketAddr,
+        allow: &[std::net::SocketAddr],
     ) -> Result<(), RuntimeError>;
 
     /// Removes what [`Runtime::restrict_host_access`] added; missing rules are not an error.

@@ -561,12 +561,13 @@ impl Runtime for DockerRuntime {
     async fn restrict_host_access(
         &self,
         network_id: &str,
-        allow: std::net::SocketAddr,
+        allow: &[std::net::SocketAddr],
     ) -> Result<(), RuntimeError> {
         let bridge = bridge_name(network_id);
         let tag = rule_tag(network_id);
-        // Inserted at the top in reverse order: the ACCEPT for the proxy ends up first.
-        iptables(&[
+        // Inserted at the top in reverse order: the ACCEPTs for the proxy and relays end up
+        // before the DROP.
+        let drop_rule = [
             "-I",
             "INPUT",
             "1",
@@ -578,32 +579,34 @@ impl Runtime for DockerRuntime {
             &tag,
             "-j",
             "DROP",
-        ])
-        .await?;
-        let ip = allow.ip().to_string();
-        let port = allow.port().to_string();
-        let accept = [
-            "-I",
-            "INPUT",
-            "1",
-            "-i",
-            &bridge,
-            "-d",
-            &ip,
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-m",
-            "comment",
-            "--comment",
-            &tag,
-            "-j",
-            "ACCEPT",
         ];
-        if let Err(e) = iptables(&accept).await {
-            let _ = self.release_host_access(network_id).await;
-            return Err(e);
+        iptables(&drop_rule).await?;
+        for addr in allow {
+            let ip = addr.ip().to_string();
+            let port = addr.port().to_string();
+            let accept = [
+                "-I",
+                "INPUT",
+                "1",
+                "-i",
+                &bridge,
+                "-d",
+                &ip,
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ];
+            if let Err(e) = iptables(&accept).await {
+                let _ = self.release_host_access(network_id).await;
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -255,7 +255,7 @@ impl Runtime for FakeRuntime {
     async fn restrict_host_access(
         &self,
         _network_id: &str,
-        _allow: std::net::SocketAddr,
+        _allow: &[std::net::SocketAddr],
     ) -> Result<(), RuntimeError> {
         self.call("restrict_host_access");
         Ok(())
