@@ -296,26 +296,12 @@ impl RunStore {
 
     /// Opens `logs.jsonl` for appending.
     pub fn log_writer(&self, id: &RunId) -> Result<LogWriter, StoreError> {
-        let path = self.dir(id).join("logs.jsonl");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        Ok(LogWriter { file, path })
+        JsonlWriter::open(self.log_path(id))
     }
 
     /// Opens `network.jsonl` for appending.
     pub fn network_log_writer(&self, id: &RunId) -> Result<JsonlWriter, StoreError> {
-        let path = self.network_log_path(id);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        Ok(JsonlWriter { file, path })
+        JsonlWriter::open(self.network_log_path(id))
     }
 
     /// The path of `network.jsonl`.
@@ -328,20 +314,7 @@ impl RunStore {
         &self,
         id: &RunId,
     ) -> Result<Vec<crate::egress::NetworkRecord>, StoreError> {
-        let path = self.network_log_path(id);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let mut out = Vec::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(io_err("read", &path))?;
-            if let Ok(rec) = serde_json::from_str(&line) {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+        read_jsonl(&self.network_log_path(id))
     }
 
     /// The path of `logs.jsonl`.
@@ -351,49 +324,12 @@ impl RunStore {
 
     /// Reads every complete record of `logs.jsonl` (a torn last line is ignored).
     pub fn read_logs(&self, id: &RunId) -> Result<Vec<LogRecord>, StoreError> {
-        let path = self.log_path(id);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let mut out = Vec::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(io_err("read", &path))?;
-            if let Ok(rec) = serde_json::from_str::<LogRecord>(&line) {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+        read_jsonl(&self.log_path(id))
     }
 }
 
-/// Appends records to `logs.jsonl`, one `write` per record so readers never see half lines
-/// from us.
-#[derive(Debug)]
-pub struct LogWriter {
-    file: File,
-    path: PathBuf,
-}
-
-impl LogWriter {
-    /// Appends one record.
-    pub fn append(&mut self, record: &LogRecord) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(io_err("append to", &self.path))
-    }
-
-    /// Flushes appended records to stable storage.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(io_err("sync", &self.path))
-    }
-}
+/// Appends records to `logs.jsonl`.
+pub type LogWriter = JsonlWriter;
 
 /// Appends JSON records, one line and one `write` each.
 #[derive(Debug)]
@@ -403,6 +339,17 @@ pub struct JsonlWriter {
 }
 
 impl JsonlWriter {
+    /// Opens (creating, mode 0600) a file for appending.
+    pub fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        Ok(Self { file, path })
+    }
+
     /// Appends one record.
     pub fn append(&mut self, record: &impl Serialize) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
@@ -419,6 +366,24 @@ impl JsonlWriter {
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.file.sync_data().map_err(io_err("sync", &self.path))
     }
+}
+
+/// Reads every complete record of a JSON Lines file; a missing file is empty and a torn or
+/// unreadable line (a crash mid-write) is skipped.
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io_err("read", path))?;
+        if let Ok(rec) = serde_json::from_str(&line) {
+            out.push(rec);
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
