@@ -193,7 +193,7 @@ fn ctrl_c_stops_the_container_and_finishes_the_run() {
     let run = env.run_json("intr");
     assert_eq!(run["state"], "stopped");
     assert!(run["ended_at"].is_string());
-    assert!(docker_inspect(run["container_id"].as_str().unwrap()).is_none());
+    assert!(moat_e2e::wait_gone(run["container_id"].as_str().unwrap()));
     let logs = text(&env.run(&["logs", "intr"]).stdout);
     assert!(logs.contains("up"), "{logs}");
 }

@@ -75,9 +75,9 @@ fn streams_exit_code_logs_and_list() {
             .any(|r| r["stream"] == "stderr" && r["line"] == "err")
     );
 
-    // The container and network are gone (no --keep).
-    assert!(docker_inspect(run["container_id"].as_str().unwrap()).is_none());
-    assert!(docker_inspect(run["network_id"].as_str().unwrap()).is_none());
+    // The container and network are removed (no --keep), right after moat returns.
+    assert!(moat_e2e::wait_gone(run["container_id"].as_str().unwrap()));
+    assert!(moat_e2e::wait_gone(run["network_id"].as_str().unwrap()));
 }
 
 #[test]

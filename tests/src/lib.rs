@@ -208,6 +208,19 @@ pub fn docker_inspect(id: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Waits (up to 30 s) until `docker inspect` no longer finds `id`; a foreground `moat run`
+/// removes its container and network from a background process after it returns.
+pub fn wait_gone(id: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if docker_inspect(id).is_none() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 /// Lossy UTF-8.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -67,6 +67,12 @@ pub(crate) enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Internal: remove a finished run's container and network.
+    #[command(name = "__teardown", hide = true)]
+    Teardown {
+        /// The run ID.
+        run_id: String,
+    },
     /// Internal: supervise a detached run.
     #[command(name = "__supervise", hide = true)]
     Supervise {

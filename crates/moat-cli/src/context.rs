@@ -133,11 +133,10 @@ impl Context {
     }
 
     pub(crate) async fn orchestrator(&self, kind: RuntimeKind) -> CliResult<Orchestrator> {
-        Ok(Orchestrator::new(
-            self.runtime(kind).await?,
-            self.store(),
-            VERSION,
-        ))
+        Ok(
+            Orchestrator::new(self.runtime(kind).await?, self.store(), VERSION)
+                .with_cache_dir(self.home.join("cache")),
+        )
     }
 }
 

@@ -74,6 +74,7 @@ async fn dispatch(cli: Cli) -> CliResult<i32> {
             match command {
                 Command::Run(args) => cmd::run::run(&ctx, args).await,
                 Command::Supervise { run_id } => cmd::run::supervise_detached(&ctx, &run_id).await,
+                Command::Teardown { run_id } => cmd::run::teardown(&ctx, &run_id).await,
                 Command::Attach(args) => cmd::runs::attach(&ctx, args).await,
                 Command::List => cmd::runs::list(&ctx).await,
                 Command::Logs(args) => cmd::runs::logs(&ctx, args).await,

@@ -110,6 +110,10 @@ pub struct RunServices {
     /// Starts the run's egress proxy (`None`: no proxy; containers reach the network directly
     /// under `permissive` and not at all under `strict`).
     pub egress: Option<Arc<dyn Egress>>,
+    /// Leave removing the container and network (and the host firewall rules) to the caller,
+    /// who calls [`Orchestrator::teardown`] — e.g. from a background process, so a foreground
+    /// `moat run` returns as soon as the run's record is complete.
+    pub defer_teardown: bool,
 }
 
 impl std::fmt::Debug for RunServices {
@@ -128,6 +132,7 @@ impl RunServices {
             audit,
             credentials: None,
             egress: None,
+            defer_teardown: false,
         }
     }
 }
@@ -177,6 +182,7 @@ pub struct Orchestrator {
     runtime: Arc<dyn Runtime>,
     store: RunStore,
     moat_version: String,
+    cache_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -199,7 +205,15 @@ impl Orchestrator {
             runtime,
             store,
             moat_version: moat_version.into(),
+            cache_dir: None,
         }
+    }
+
+    /// A directory for derived data that may be rebuilt at any time (images' CA bundles), so
+    /// later runs of the same image skip work.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
     }
 
     /// The runtime.
@@ -308,7 +322,9 @@ impl Orchestrator {
             }
         };
         let meta = self.store.load(id)?;
-        self.cleanup(&meta).await;
+        if !services.defer_teardown {
+            self.cleanup(&meta).await;
+        }
         audit.append(
             event::RUN_FINISHED,
             serde_json::json!({
@@ -361,6 +377,7 @@ impl Orchestrator {
             e.handle.stop.shutdown().await;
             e.log.finish().await;
             if meta.policy == PolicyMode::Strict
+                && !services.defer_teardown
                 && let NetworkAttachment::Network(net) = &e.network
             {
                 let _ = self.runtime.release_host_access(net).await;
@@ -496,15 +513,27 @@ impl Orchestrator {
     ) -> Result<RunOutcome, RunError> {
         let rt = &self.runtime;
         let audit = services.audit.as_ref();
+        let mut spec = spec;
+        let cached = match egress {
+            Some(e) => self.mount_trust_from_cache(meta, e, &mut spec).await?,
+            None => false,
+        };
         let container = rt.create_container(&spec).await?;
         self.store
             .update(&meta.id, |m| m.container_id = Some(container.clone()))?;
-        if let Some(e) = egress {
+        if let (Some(e), false) = (egress, cached) {
             // Add the run CA to the image's own trust store, so tools trust it without flags.
             let mut bundle = rt
                 .read_file(&container, SYSTEM_BUNDLE)
                 .await?
                 .unwrap_or_default();
+            if let Some(path) = self.bundle_cache_path(&spec.image).await {
+                // Best effort: a failed cache write only costs the next run this read.
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let _ = crate::store::write_atomic_mode(&path, &bundle, 0o644);
+            }
             if !bundle.is_empty() && !bundle.ends_with(b"\n") {
                 bundle.push(b'\n');
             }
@@ -638,7 +667,7 @@ impl Orchestrator {
         };
         // The network is not needed once the container has exited; tear it down while the
         // logs drain instead of after.
-        let network_teardown = match (&spec.network, meta.spec.keep) {
+        let network_teardown = match (&spec.network, meta.spec.keep || services.defer_teardown) {
             (NetworkAttachment::Network(net), false) => {
                 let rt = Arc::clone(rt);
                 let net = net.clone();
@@ -685,6 +714,82 @@ impl Orchestrator {
         )?;
         log_result?;
         Ok(RunOutcome { exit_code, state })
+    }
+
+    /// Where the CA bundle of `image` is cached, keyed by image ID.
+    async fn bundle_cache_path(&self, image: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let id = self.runtime.image_id(image).await.ok().flatten()?;
+        let key: String = id.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        (!key.is_empty()).then(|| dir.join("ca-bundles").join(format!("{key}.pem")))
+    }
+
+    /// With the image's CA bundle cached, prepares the trust files in the run directory and
+    /// bind-mounts them read-only, instead of copying them in through the engine after the
+    /// container is created. Returns whether it did.
+    async fn mount_trust_from_cache(
+        &self,
+        meta: &RunMetadata,
+        egress: &RunEgress,
+        spec: &mut ContainerSpec,
+    ) -> Result<bool, RunError> {
+        let Some(path) = self.bundle_cache_path(&meta.image).await else {
+            return Ok(false);
+        };
+        let Ok(mut bundle) = std::fs::read(&path) else {
+            return Ok(false);
+        };
+        if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        bundle.extend_from_slice(egress.handle.ca_pem.as_bytes());
+        let trust = self.store.dir(&meta.id).join("trust");
+        let moat_dir = trust.join("moat");
+        std::fs::create_dir_all(&moat_dir).map_err(|source| {
+            RunError::Store(StoreError::Io {
+                action: "create",
+                path: moat_dir.clone(),
+                source,
+            })
+        })?;
+        let write = crate::store::write_atomic_mode;
+        write(&trust.join("ca-certificates.crt"), &bundle, 0o644)?;
+        write(
+            &moat_dir.join("ca.crt"),
+            egress.handle.ca_pem.as_bytes(),
+            0o644,
+        )?;
+        write(
+            &moat_dir.join("node-proxy.cjs"),
+            NODE_PROXY_JS.as_bytes(),
+            0o644,
+        )?;
+        let mut mounts = vec![
+            (trust.join("ca-certificates.crt"), SYSTEM_BUNDLE.to_owned()),
+            (moat_dir, "/etc/moat".to_owned()),
+        ];
+        if !egress.handle.tunnels.is_empty() {
+            let conf = trust.join("ssh-moat.conf");
+            write(&conf, ssh_config(&egress.handle.tunnels).as_bytes(), 0o644)?;
+            mounts.push((conf, SSH_CONFIG_PATH.to_owned()));
+        }
+        for (source, target) in mounts {
+            spec.mounts.push(BindMount {
+                source: source.display().to_string(),
+                target,
+                readonly: true,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Everything a deferred teardown leaves: the host firewall rules of a strict run, then
+    /// the container and network (see [`Orchestrator::cleanup`]).
+    pub async fn teardown(&self, meta: &RunMetadata) {
+        if let Some(net) = &meta.network_id {
+            let _ = self.runtime.release_host_access(net).await;
+        }
+        self.cleanup(meta).await;
     }
 
     /// Removes the run's container and network, unless the run keeps its container (then both

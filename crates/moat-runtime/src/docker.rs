@@ -425,6 +425,11 @@ impl Runtime for DockerRuntime {
             link: false,
         };
         match self.docker.remove_container(id, Some(options)).await {
+            // Another process (a background teardown) is already removing it.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
             Err(e) if !is_not_found(&e) => Err(api("remove container")(e)),
             _ => Ok(()),
         }

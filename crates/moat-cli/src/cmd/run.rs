@@ -349,10 +349,14 @@ async fn supervise_foreground(
     };
     let audit = open_audit(ctx, orch, &meta.id)?;
     let agent = start_ssh_agent(ctx, orch, meta, audit.clone()).await?;
-    let services = run_services(ctx, meta, audit)?;
+    let mut services = run_services(ctx, meta, audit)?;
+    // The user waits for this process: remove the container and network from a background
+    // process once the run's record is complete.
+    services.defer_teardown = true;
     let outcome = orch
         .supervise(&meta.id, io, services, std::process::id())
         .await;
+    spawn_teardown(ctx, orch, meta).await;
     if let Some(agent) = agent {
         agent.shutdown().await;
     }
@@ -390,6 +394,7 @@ fn run_services(
         audit,
         credentials: crate::egress::credentials(ctx, meta)?,
         egress,
+        defer_teardown: false,
     })
 }
 
@@ -433,6 +438,40 @@ async fn start_ssh_agent(
             Err(e)
         }
     }
+}
+
+/// Removes a finished run's container and network from a background process (or inline if
+/// none can be started), so `moat run` returns without waiting for the engine.
+async fn spawn_teardown(ctx: &Context, orch: &Orchestrator, meta: &RunMetadata) {
+    let spawned = std::env::current_exe().ok().and_then(|exe| {
+        std::process::Command::new(exe)
+            .arg("__teardown")
+            .arg(meta.id.as_str())
+            .env("MOAT_HOME", &ctx.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    });
+    if spawned.is_none()
+        && let Ok(latest) = orch.store().load(&meta.id)
+    {
+        orch.teardown(&latest).await;
+    }
+}
+
+/// `moat __teardown RUN`: removes a finished run's runtime objects.
+pub(crate) async fn teardown(ctx: &Context, run_id: &str) -> CliResult<i32> {
+    let _ = nix::unistd::setsid();
+    let id: RunId = run_id.parse().map_err(|e| CliError::new(EXIT_PRE_RUN, e))?;
+    let meta = ctx
+        .store()
+        .load(&id)
+        .map_err(|e| CliError::from_error(EXIT_PRE_RUN, &e))?;
+    let orch = ctx.orchestrator(meta.runtime).await?;
+    orch.teardown(&meta).await;
+    Ok(0)
 }
 
 /// Starts the supervisor in the background and prints the run ID once the container runs.
