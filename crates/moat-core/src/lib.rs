@@ -9,6 +9,8 @@
 //! `$HOME` or environment variables, never prints and never exits the process: callers pass
 //! typed values in and get typed errors back.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod creds;
 pub mod egress;

@@ -8,6 +8,8 @@
 //! [`moat_core::runtime::ContainerSpec`] into a hardened container and streams its output.
 //! It never reads environment variables; callers pass the engine endpoint in.
 
+#![warn(missing_docs)]
+
 pub mod docker;
 
 use moat_core::config::RuntimeKind;
