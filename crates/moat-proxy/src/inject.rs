@@ -177,31 +177,16 @@ fn sensitive(s: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
 
 /// Standard base64 with optional padding; `None` on any invalid input.
 pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let bytes = input.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
-    for &b in bytes {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    // Six leftover bits can never come from valid base64.
-    if bits >= 6 {
-        return None;
-    }
-    Some(out)
+    use base64::Engine;
+    use base64::engine::DecodePaddingMode;
+    use base64::engine::GeneralPurpose;
+    use base64::engine::GeneralPurposeConfig;
+    // Clients differ in padding; accept it present or absent.
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(input).ok()
 }
 
 #[cfg(test)]
