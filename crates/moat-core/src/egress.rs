@@ -412,6 +412,24 @@ pub const REDACTED_HEADERS: &[&str] = &[
     "private-token",
 ];
 
+/// Environment variables that belong to moat in a proxied run (proxy, CA trust, Node
+/// preload): a run's own environment cannot set them.
+pub const RESERVED_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+];
+
 /// The text that replaces redacted header values.
 pub const REDACTED: &str = "[REDACTED]";
 

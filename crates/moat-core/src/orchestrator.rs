@@ -363,7 +363,10 @@ impl Orchestrator {
         let mut spec = container_spec(meta, network, labels);
         if let Some(e) = &egress {
             let overridden: Vec<&str> = e.env.iter().map(|(k, _)| k.as_str()).collect();
-            spec.env.retain(|(k, _)| !overridden.contains(&k.as_str()));
+            spec.env.retain(|(k, _)| {
+                !overridden.contains(&k.as_str())
+                    && !crate::egress::RESERVED_ENV.contains(&k.as_str())
+            });
             spec.env.extend(e.env.iter().cloned());
         }
         if meta.policy == PolicyMode::Strict {
@@ -843,10 +846,7 @@ impl Orchestrator {
                 "the run's supervisor (pid {pid}) exited without finishing the run; the container was stopped and cleaned up"
             ));
         })?;
-        if let Some(net) = &updated.network_id {
-            let _ = self.runtime.release_host_access(net).await;
-        }
-        self.cleanup(&updated).await;
+        self.teardown(&updated).await;
         // Objects created but not yet recorded in metadata (crash between create and save).
         if !updated.spec.keep
             && let Ok(objects) = self.runtime.objects_of_run(meta.id.as_str()).await

@@ -204,7 +204,7 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
     if policy != PolicyMode::None {
         // The proxy variables are moat's; a run cannot point them elsewhere.
         env.retain(|(k, _)| {
-            let reserved = PROXY_VARS.contains(&k.as_str());
+            let reserved = moat_core::egress::RESERVED_ENV.contains(&k.as_str());
             if reserved {
                 output::warn(format_args!(
                     "ignoring `{k}` from the run's environment: moat sets it to the run's proxy"
@@ -240,23 +240,6 @@ fn plan(ctx: &Context, args: &RunArgs) -> CliResult<Plan> {
         runtime,
     })
 }
-
-/// Environment variables moat sets for the run's proxy and CA.
-const PROXY_VARS: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "NODE_EXTRA_CA_CERTS",
-];
 
 /// Refuses moat.yaml features this version cannot honour yet, rather than silently running
 /// without them.
@@ -347,21 +330,12 @@ async fn supervise_foreground(
         cancel,
         started: None,
     };
-    let audit = open_audit(ctx, orch, &meta.id)?;
-    let agent = start_ssh_agent(ctx, orch, meta, audit.clone()).await?;
-    let mut services = run_services(ctx, meta, audit)?;
-    // The user waits for this process: remove the container and network from a background
-    // process once the run's record is complete.
-    services.defer_teardown = true;
-    let outcome = orch
-        .supervise(&meta.id, io, services, std::process::id())
-        .await;
+    // The user waits for this process: the container and network are removed from a
+    // background process once the run's record is complete.
+    let outcome = supervise_run(ctx, orch, meta, io, true).await;
     spawn_teardown(ctx, orch, meta).await;
-    if let Some(agent) = agent {
-        agent.shutdown().await;
-    }
     drop(_raw);
-    match outcome {
+    match outcome? {
         Ok(outcome) => {
             output::debug(
                 ctx,
@@ -379,11 +353,61 @@ async fn supervise_foreground(
     }
 }
 
+/// Supervises a created run in this process: opens its audit log, starts its SSH agent and
+/// egress services, and drives it. Setup failures mark the run failed (before any container
+/// exists) and are the outer error; the inner result is the orchestrator's.
+async fn supervise_run(
+    ctx: &Context,
+    orch: &Orchestrator,
+    meta: &RunMetadata,
+    io: RunIo,
+    defer_teardown: bool,
+) -> CliResult<Result<moat_core::orchestrator::RunOutcome, moat_core::orchestrator::RunError>> {
+    let audit: Arc<dyn AuditSink> = RunAudit::create(ctx, &orch.store().dir(&meta.id), &meta.id)
+        .map(|audit| {
+            audit.spawn_checkpoint_timer();
+            audit as Arc<dyn AuditSink>
+        })
+        .map_err(|e| fail_run(orch, meta, None, e))?;
+    let agent = crate::ssh::start_agent(ctx, meta, audit.clone())
+        .await
+        .map_err(|e| fail_run(orch, meta, Some(&audit), e))?;
+    let services = run_services(ctx, meta, audit.clone(), defer_teardown)
+        .map_err(|e| fail_run(orch, meta, Some(&audit), e))?;
+    let outcome = orch
+        .supervise(&meta.id, io, services, std::process::id())
+        .await;
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
+    Ok(outcome)
+}
+
+/// Records why a run failed before its container existed, closing its audit log if open.
+fn fail_run(
+    orch: &Orchestrator,
+    meta: &RunMetadata,
+    audit: Option<&Arc<dyn AuditSink>>,
+    e: CliError,
+) -> CliError {
+    let message = e.message.clone();
+    let _ = orch.store().update(&meta.id, |m| {
+        m.state = moat_core::run::RunState::Failed;
+        m.error = Some(message);
+        m.ended_at = Some(chrono::Utc::now());
+    });
+    if let Some(audit) = audit {
+        let _ = audit.close();
+    }
+    e
+}
+
 /// The run's collaborators: audit log, credential provider and egress proxy.
 fn run_services(
     ctx: &Context,
     meta: &RunMetadata,
     audit: Arc<dyn AuditSink>,
+    defer_teardown: bool,
 ) -> CliResult<RunServices> {
     let egress: Option<Arc<dyn moat_core::egress::Egress>> = if meta.policy == PolicyMode::None {
         None
@@ -394,50 +418,8 @@ fn run_services(
         audit,
         credentials: crate::egress::credentials(ctx, meta)?,
         egress,
-        defer_teardown: false,
+        defer_teardown,
     })
-}
-
-/// Opens the run's audit log; a run that cannot be audited does not start.
-fn open_audit(ctx: &Context, orch: &Orchestrator, id: &RunId) -> CliResult<Arc<dyn AuditSink>> {
-    match RunAudit::create(ctx, &orch.store().dir(id), id) {
-        Ok(audit) => {
-            audit.spawn_checkpoint_timer();
-            Ok(audit)
-        }
-        Err(e) => {
-            let message = e.message.clone();
-            let _ = orch.store().update(id, |m| {
-                m.state = moat_core::run::RunState::Failed;
-                m.error = Some(message);
-                m.ended_at = Some(chrono::Utc::now());
-            });
-            Err(e)
-        }
-    }
-}
-
-/// Starts the run's SSH agent proxy; a failure marks the run failed before its container
-/// exists.
-async fn start_ssh_agent(
-    ctx: &Context,
-    orch: &Orchestrator,
-    meta: &RunMetadata,
-    audit: Arc<dyn AuditSink>,
-) -> CliResult<Option<moat_ssh::AgentProxy>> {
-    match crate::ssh::start_agent(ctx, meta, audit.clone()).await {
-        Ok(agent) => Ok(agent),
-        Err(e) => {
-            let message = e.message.clone();
-            let _ = orch.store().update(&meta.id, |m| {
-                m.state = moat_core::run::RunState::Failed;
-                m.error = Some(message);
-                m.ended_at = Some(chrono::Utc::now());
-            });
-            let _ = audit.close();
-            Err(e)
-        }
-    }
 }
 
 /// Removes a finished run's container and network from a background process (or inline if
@@ -560,31 +542,13 @@ pub(crate) async fn supervise_detached(ctx: &Context, run_id: &str) -> CliResult
             output::data_line("ready");
         }
     });
-    let audit = match open_audit(ctx, &orch, &id) {
-        Ok(a) => a,
+    let result = match supervise_run(ctx, &orch, &meta, io, false).await {
+        Ok(result) => result,
         Err(e) => {
             output::data_line(&format!("error: {}", e.message));
             return Err(e);
         }
     };
-    let agent = match start_ssh_agent(ctx, &orch, &meta, audit.clone()).await {
-        Ok(a) => a,
-        Err(e) => {
-            output::data_line(&format!("error: {}", e.message));
-            return Err(e);
-        }
-    };
-    let services = match run_services(ctx, &meta, audit) {
-        Ok(s) => s,
-        Err(e) => {
-            output::data_line(&format!("error: {}", e.message));
-            return Err(e);
-        }
-    };
-    let result = orch.supervise(&id, io, services, std::process::id()).await;
-    if let Some(agent) = agent {
-        agent.shutdown().await;
-    }
     match result {
         Ok(outcome) => Ok(i32::try_from(outcome.exit_code).unwrap_or(1)),
         Err(e) => {

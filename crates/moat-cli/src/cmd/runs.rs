@@ -192,14 +192,31 @@ pub(crate) async fn logs(ctx: &Context, args: LogsArgs) -> CliResult<i32> {
     if !args.follow {
         return Ok(0);
     }
-    let mut seen = records.len();
+    follow(
+        &store,
+        &run.id,
+        records.len(),
+        |id| store.read_logs(id),
+        |new| print_records(ctx, new),
+    )
+    .await
+}
+
+/// Prints what a live run appends to one of its JSON Lines files (`read` reads it whole) until
+/// its supervisor is gone; `seen` records were already printed.
+pub(crate) async fn follow<T>(
+    store: &RunStore,
+    id: &moat_core::run::RunId,
+    mut seen: usize,
+    read: impl Fn(&moat_core::run::RunId) -> Result<Vec<T>, moat_core::store::StoreError>,
+    print: impl Fn(&[T]),
+) -> CliResult<i32> {
     loop {
-        let live = store.is_supervised(&run.id);
-        let records = store
-            .read_logs(&run.id)
-            .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
+        // Checked before reading, so the last records of a run that just ended are printed.
+        let live = store.is_supervised(id);
+        let records = read(id).map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
         if records.len() > seen {
-            print_records(ctx, records.get(seen..).unwrap_or_default());
+            print(records.get(seen..).unwrap_or_default());
             seen = records.len();
         }
         if !live {

@@ -1,7 +1,5 @@
 //! `moat trace --network`: the proxied requests of a run.
 
-use std::time::Duration;
-
 use chrono::Local;
 use moat_core::egress::NetworkRecord;
 use moat_core::egress::RecordDecision;
@@ -46,21 +44,14 @@ pub(crate) async fn trace(ctx: &Context, args: TraceArgs) -> CliResult<i32> {
     if !args.follow {
         return Ok(0);
     }
-    let mut seen = records.len();
-    loop {
-        let live = store.is_supervised(&run.id);
-        let records = store
-            .read_network_log(&run.id)
-            .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
-        if records.len() > seen {
-            print(ctx, &args, records.get(seen..).unwrap_or_default());
-            seen = records.len();
-        }
-        if !live {
-            return Ok(0);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::cmd::runs::follow(
+        &store,
+        &run.id,
+        records.len(),
+        |id| store.read_network_log(id),
+        |new| print(ctx, &args, new),
+    )
+    .await
 }
 
 fn print(ctx: &Context, args: &TraceArgs, records: &[NetworkRecord]) {
