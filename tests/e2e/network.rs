@@ -131,6 +131,43 @@ fn the_readme_example_works_verbatim() {
     }));
 }
 
+#[test]
+fn requests_are_traced_while_the_run_is_live() {
+    require_docker();
+    let net = Net::new();
+    let out = net.run(&[
+        "run",
+        "-d",
+        "-n",
+        "live",
+        "--grant",
+        "github",
+        "--",
+        "sh",
+        "-c",
+        "curl -s https://api.github.com/user >/dev/null; sleep 300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let trace = text(&net.run(&["trace", "--network", "live"]).stdout);
+        if trace.contains("GET https://api.github.com/user 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live trace: {trace}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        net.env.run_json("live")["state"],
+        "running",
+        "recorded before exit"
+    );
+    assert!(net.run(&["stop", "live"]).status.success());
+}
+
 fn first_run_id(env: &TestEnv) -> String {
     env.list().into_iter().next().unwrap()["id"]
         .as_str()
@@ -143,6 +180,7 @@ fn the_real_token_never_reaches_the_container() {
     require_docker();
     let net = Net::new();
     let script = "env > /workspace/env.txt; cat /proc/*/environ > /workspace/proc-environ.txt 2>/dev/null; \
+                  cat /proc/*/cmdline > /workspace/proc-cmdline.txt 2>/dev/null; \
                   curl -s https://api.github.com/echo > /workspace/echo.json; \
                   curl -s -H 'Authorization: Bearer '$GH_TOKEN https://api.github.com/user > /workspace/user.json; \
                   cat /workspace/echo.json";
@@ -169,7 +207,13 @@ fn the_real_token_never_reaches_the_container() {
         "reflected token scrubbed: {}",
         text(&echo)
     );
-    for f in ["env.txt", "proc-environ.txt", "echo.json", "user.json"] {
+    for f in [
+        "env.txt",
+        "proc-environ.txt",
+        "proc-cmdline.txt",
+        "echo.json",
+        "user.json",
+    ] {
         let bytes = std::fs::read(net.env.ws.path().join(f)).unwrap();
         assert!(!contains(&bytes, TOKEN), "token in container {f}");
     }
@@ -228,6 +272,11 @@ fn strict_policy_allows_only_the_proxy_and_listed_hosts() {
             drop(s);
         }
     });
+    // A host UDP service too: no datagram may arrive from a strict run.
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    udp.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
     // The very first instruction of the container tries to get out directly.
     let out = net.run(&[
         "run",
@@ -262,6 +311,7 @@ fn strict_policy_allows_only_the_proxy_and_listed_hosts() {
          echo loopback=$(curl -s -m 3 --noproxy '' -x $HTTP_PROXY -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/); \
          getent hosts deb.debian.org >/dev/null && echo dns=ok || echo dns=fail; \
          echo v6routes=$(ip -6 route show default | wc -l); \
+         for h in $GW 172.17.0.1; do echo udp | nc -u -w1 $h {udp_port}; done; \
          curl -s -m 3 --noproxy '*' http://172.17.0.1:{port}/ -o /dev/null && echo direct=ok || echo direct=fail",
     );
     let out = net.run(&[
@@ -289,6 +339,11 @@ fn strict_policy_allows_only_the_proxy_and_listed_hosts() {
         !stdout.contains("fronted=200"),
         "domain fronting must be refused:\n{stdout}"
     );
+    let mut buf = [0u8; 16];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a UDP datagram escaped the strict run"
+    );
     // No request with another Host got the token.
     assert!(net.gh.requests().iter().all(|r| {
         r.headers
@@ -315,18 +370,21 @@ fn strict_policy_allows_only_the_proxy_and_listed_hosts() {
     assert!(denied.iter().any(|r| r["host"] == "example.com"));
     assert!(denied.iter().any(|r| r["host"] == "169.254.169.254"));
 
-    // The same DNS lookup works under permissive policy, so the strict result is meaningful.
-    let out = net.run(&[
-        "run",
-        "--",
-        "sh",
-        "-c",
-        "getent hosts deb.debian.org >/dev/null && echo dns=ok",
-    ]);
+    // The same DNS lookup and UDP datagram work under permissive policy, so the strict
+    // results are meaningful.
+    let script = format!(
+        "getent hosts deb.debian.org >/dev/null && echo dns=ok; \
+         echo udp | nc -u -w1 172.17.0.1 {udp_port}"
+    );
+    let out = net.run(&["run", "--", "sh", "-c", &script]);
     assert!(
         text(&out.stdout).contains("dns=ok"),
         "{}",
         text(&out.stdout)
+    );
+    assert!(
+        udp.recv_from(&mut buf).is_ok(),
+        "the permissive control datagram did not arrive"
     );
 }
 
