@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::Request;
 use http::Response;
@@ -60,36 +61,46 @@ const REAL: &str = "ghp_REALVALUE11111111111111111111111";
 
 struct Args {
     seconds: u64,
+    rounds: usize,
     connections: usize,
     mitmdump: Option<PathBuf>,
     upstream_h1_only: bool,
-    proxy_threads: usize,
+    proxy_threads: Option<usize>,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
-        seconds: 5,
+        seconds: 3,
+        rounds: 3,
         connections: 64,
         mitmdump: None,
         upstream_h1_only: false,
-        proxy_threads: 2,
+        proxy_threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--seconds" => args.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--seconds" => args.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3),
+            "--rounds" => {
+                args.rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3)
+                    .max(1)
+            }
             "--connections" => {
                 args.connections = it.next().and_then(|v| v.parse().ok()).unwrap_or(64)
             }
             "--mitmdump" => args.mitmdump = it.next().map(PathBuf::from),
             "--upstream-h1-only" => args.upstream_h1_only = true,
             "--proxy-threads" => {
-                args.proxy_threads = it.next().and_then(|v| v.parse().ok()).unwrap_or(2)
+                args.proxy_threads = it.next().and_then(|v| v.parse().ok())
             }
             other => {
                 eprintln!(
-                    "unknown argument `{other}`; use --seconds N, --connections N, \
-                     --mitmdump PATH, --upstream-h1-only, --proxy-threads N (0: current-thread)"
+                    "unknown argument `{other}`; use --seconds N, --rounds N, --connections N, \
+                     --mitmdump PATH, --upstream-h1-only, --proxy-threads N (instead of the \
+                     dedicated proxy thread moat uses)"
                 );
                 std::process::exit(2);
             }
@@ -117,24 +128,25 @@ fn main() {
 }
 
 /// The moat-proxy child: `--proxy-child <upstream-port> <upstream-ca.der> <ca-out.pem>
-/// <threads>`. Prints its
-/// address, token and CA path, then serves until stdin closes.
+/// <threads|dedicated>`. Prints its address and token, then serves until stdin closes.
+///
+/// `dedicated` is how moat itself runs the proxy: [`moat_proxy::ProxyBuilder::start_dedicated`],
+/// one OS thread with its own single-threaded runtime.
 fn proxy_child(args: &[String]) {
     let port: u16 = args[0].parse().unwrap();
     let ca_der = CertificateDer::from(std::fs::read(&args[1]).unwrap());
     let ca_out = PathBuf::from(&args[2]);
-    let threads: usize = args[3].parse().unwrap();
-    let rt = if threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
+    let threads: Option<usize> = args[3].parse().ok();
+    let rt = match threads {
+        None | Some(0) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+            .unwrap(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
             .enable_all()
             .build()
-            .unwrap()
+            .unwrap(),
     };
     rt.block_on(async move {
         let ca = Arc::new(moat_proxy::CertificateAuthority::generate().unwrap());
@@ -156,12 +168,13 @@ fn proxy_child(args: &[String]) {
             allowed_destinations: vec!["127.0.0.1".parse().unwrap()],
             ..Default::default()
         };
-        let proxy = moat_proxy::ProxyBuilder::new("127.0.0.1:0".parse().unwrap())
+        let builder = moat_proxy::ProxyBuilder::new("127.0.0.1:0".parse().unwrap())
             .upstream(upstream)
-            .run(run)
-            .start()
-            .await
-            .unwrap();
+            .run(run);
+        let proxy = match threads {
+            None => builder.start_dedicated().await.unwrap(),
+            Some(_) => builder.start().await.unwrap(),
+        };
         println!("ADDR {} TOKEN {}", proxy.local_addr(), token.expose());
         std::io::stdout().flush().unwrap();
         // Serve until the parent closes stdin.
@@ -190,6 +203,29 @@ struct Stats {
     p50_ms: f64,
     p99_ms: f64,
     rss_mb: Option<f64>,
+    /// CPU time per request of this process (load generator and upstream).
+    cpu_self_us: f64,
+    /// CPU time per request of the proxy process, when there is one.
+    cpu_proxy_us: Option<f64>,
+}
+
+/// One proxy under test, started once and measured in every round.
+struct ProxyUnderTest {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    auth: Option<String>,
+    ca: CertificateDer<'static>,
+    rounds: Vec<Stats>,
+}
+
+impl ProxyUnderTest {
+    fn mode(&self) -> Mode {
+        Mode::Proxy {
+            addr: self.addr,
+            auth: self.auth.clone(),
+        }
+    }
 }
 
 async fn run(args: Args) {
@@ -202,23 +238,43 @@ async fn run(args: Args) {
     std::fs::write(&ca_pem_path, pem("CERTIFICATE", upstream_ca.as_ref())).unwrap();
     let target = format!("127.0.0.1:{}", upstream_addr.port());
     println!(
-        "upstream {target}; throughput: {} connections for {} s; latency: 1 connection; \
-         keep-alive HTTP/1.1 GET over TLS",
-        args.connections, args.seconds
+        "upstream {target}; throughput: {} connections, {} rounds of {} s each, direct and \
+         through each proxy in turn; latency: 1 connection; keep-alive HTTP/1.1 GET over TLS",
+        args.connections, args.rounds, args.seconds
     );
-
-    let direct = measure(&args, Mode::Direct, &target, &upstream_ca, None).await;
-    report("direct", &direct);
+    println!(
+        "moat-proxy runs {}",
+        match args.proxy_threads {
+            None => "on a dedicated thread (as in moat)".to_owned(),
+            Some(0) => "on a current-thread runtime".to_owned(),
+            Some(n) => format!("on a {n}-thread runtime"),
+        }
+    );
 
     // moat-proxy in a child process.
     let moat_ca_path = dir.join("moat-ca.pem");
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
+    // LOADGEN_PROXY_WRAPPER runs the proxy child under a profiler, e.g.
+    // `valgrind --tool=callgrind`.
+    let wrapper = std::env::var("LOADGEN_PROXY_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .arg("--proxy-child")
         .arg(upstream_addr.port().to_string())
         .arg(&ca_der_path)
         .arg(&moat_ca_path)
-        .arg(args.proxy_threads.to_string())
+        .arg(
+            args.proxy_threads
+                .map_or_else(|| "dedicated".to_owned(), |n| n.to_string()),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -230,34 +286,67 @@ async fn run(args: Args) {
     else {
         panic!("unexpected child output: {line}");
     };
+    let token = token.to_owned();
     let proxy_addr: SocketAddr = addr.parse().unwrap();
-    let moat_ca = load_pem_cert(&moat_ca_path);
-    let auth = auth_header(token);
     let idle_rss = rss_mb(child.id());
-    let moat = measure(
-        &args,
-        Mode::Proxy {
-            addr: proxy_addr,
-            auth: Some(auth),
-        },
-        &target,
-        &moat_ca,
-        Some(child.id()),
-    )
-    .await;
-    report("moat-proxy", &moat);
+    let mut proxies = vec![ProxyUnderTest {
+        name: "moat-proxy",
+        child,
+        addr: proxy_addr,
+        auth: Some(auth_header(&token)),
+        ca: load_pem_cert(&moat_ca_path),
+        rounds: Vec::new(),
+    }];
+    match &args.mitmdump {
+        Some(path) => {
+            if let Some((child, addr, ca)) = start_mitmdump(path, &dir, &ca_pem_path) {
+                proxies.push(ProxyUnderTest {
+                    name: "mitmproxy",
+                    child,
+                    addr,
+                    auth: None,
+                    ca,
+                    rounds: Vec::new(),
+                });
+            }
+        }
+        None => eprintln!("mitmdump not found; pass --mitmdump PATH to compare with mitmproxy"),
+    }
+
+    // Interleaved rounds, so that drift in the machine's speed touches every contender alike.
+    let mut direct = Vec::new();
+    for round in 1..=args.rounds {
+        let stats = measure(&args, &Mode::Direct, &target, &upstream_ca, None).await;
+        report(&format!("direct #{round}"), &stats);
+        direct.push(stats);
+        for p in &mut proxies {
+            let stats = measure(&args, &p.mode(), &target, &p.ca, Some(p.child.id())).await;
+            report(&format!("{} #{round}", p.name), &stats);
+            p.rounds.push(stats);
+        }
+    }
+    println!();
+    summary("direct", &direct);
+    for p in &proxies {
+        summary(p.name, &p.rounds);
+    }
     if let Some(idle) = idle_rss {
         println!("moat-proxy idle RSS: {idle:.1} MB");
     }
+
+    let moat = &proxies[0];
+    let moat_ca = moat.ca.clone();
+    let moat_pid = moat.child.id();
     // Memory with many open, idle, intercepted client connections.
     let mut open = Vec::new();
     for _ in 0..1000 {
-        let Ok(conn) = open_tunnel(proxy_addr, &target, &moat_ca, &auth_header(token)).await else {
+        let Ok(conn) = open_tunnel(proxy_addr, &target, &moat_ca, &auth_header(&token)).await
+        else {
             break;
         };
         open.push(conn);
     }
-    if let Some(rss) = rss_mb(child.id()) {
+    if let Some(rss) = rss_mb(moat_pid) {
         println!(
             "moat-proxy RSS with {} open TLS tunnels: {rss:.1} MB",
             open.len()
@@ -272,7 +361,7 @@ async fn run(args: Args) {
         for i in chunk {
             let host = format!("h{i}.bench.test");
             let ca = moat_ca.clone();
-            let auth = auth_header(token);
+            let auth = auth_header(&token);
             set.push(tokio::spawn(async move {
                 handshake_only(proxy_addr, &host, &ca, &auth).await
             }));
@@ -284,48 +373,98 @@ async fn run(args: Args) {
         }
     }
     let elapsed = t0.elapsed();
-    if let Some(rss) = rss_mb(child.id()) {
+    if let Some(rss) = rss_mb(moat_pid) {
         println!(
             "moat-proxy RSS after {handshakes} handshakes to distinct hosts: {rss:.1} MB ({:.0} handshakes/s)",
             f64::from(handshakes) / elapsed.as_secs_f64()
         );
     }
-    drop(child.stdin.take());
-    let _ = child.wait();
 
-    let mitm = match &args.mitmdump {
-        Some(path) => match start_mitmdump(path, &dir, &ca_pem_path) {
-            Some((mut child, addr, ca)) => {
-                let stats = measure(
-                    &args,
-                    Mode::Proxy { addr, auth: None },
-                    &target,
-                    &ca,
-                    Some(child.id()),
-                )
-                .await;
-                report("mitmproxy", &stats);
-                let _ = child.kill();
-                let _ = child.wait();
-                Some(stats)
-            }
-            None => None,
-        },
-        None => {
-            eprintln!("mitmdump not found; pass --mitmdump PATH to compare with mitmproxy");
-            None
-        }
-    };
-    let _ = std::fs::remove_dir_all(&dir);
+    let direct_rps = median(direct.iter().map(|s| s.rps));
+    let direct_p50 = median(direct.iter().map(|s| s.p50_ms));
+    let moat_rps = median(moat.rounds.iter().map(|s| s.rps));
+    let per_round: Vec<f64> = moat
+        .rounds
+        .iter()
+        .zip(&direct)
+        .map(|(m, d)| m.rps / d.rps)
+        .collect();
     println!(
-        "throughput ratio proxy/direct: {:.2}",
-        moat.rps / direct.rps
+        "per-round ratio proxy/direct: min {:.2} median {:.2} max {:.2}",
+        min(per_round.iter().copied()),
+        median(per_round.iter().copied()),
+        max(per_round.iter().copied())
     );
-    println!("added p50 latency: {:.3} ms", moat.p50_ms - direct.p50_ms);
-    match mitm {
-        Some(m) => println!("throughput ratio proxy/mitmproxy: {:.2}", moat.rps / m.rps),
+    println!("throughput ratio proxy/direct: {:.2}", moat_rps / direct_rps);
+    println!(
+        "added p50 latency: {:.3} ms",
+        median(moat.rounds.iter().map(|s| s.p50_ms)) - direct_p50
+    );
+    match proxies.get(1) {
+        Some(m) => println!(
+            "throughput ratio proxy/mitmproxy: {:.2}",
+            moat_rps / median(m.rounds.iter().map(|s| s.rps))
+        ),
         None => println!("throughput ratio proxy/mitmproxy: unavailable"),
     }
+    for mut p in proxies {
+        // Closing stdin asks moat-proxy to shut down; mitmproxy is killed.
+        drop(p.child.stdin.take());
+        for _ in 0..100 {
+            if matches!(p.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// Min/median/max over the rounds.
+fn summary(name: &str, rounds: &[Stats]) {
+    let rps = || rounds.iter().map(|s| s.rps);
+    let cpu = rounds
+        .iter()
+        .filter_map(|s| s.cpu_proxy_us)
+        .collect::<Vec<_>>();
+    let cpu = if cpu.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; proxy CPU {:.1} us/request",
+            median(cpu.iter().copied())
+        )
+    };
+    println!(
+        "{name:<11} req/s min {:>8.0} median {:>8.0} max {:>8.0}; p50 {:.3} ms; p99 {:.3} ms; \
+         load generator + upstream CPU {:.1} us/request{cpu}",
+        min(rps()),
+        median(rps()),
+        max(rps()),
+        median(rounds.iter().map(|s| s.p50_ms)),
+        median(rounds.iter().map(|s| s.p99_ms)),
+        median(rounds.iter().map(|s| s.cpu_self_us)),
+    );
 }
 
 fn auth_header(token: &str) -> String {
@@ -425,8 +564,11 @@ fn report(name: &str, s: &Stats) {
     let rss = s
         .rss_mb
         .map_or_else(|| "-".to_owned(), |r| format!("{r:.1} MB"));
+    let cpu = s
+        .cpu_proxy_us
+        .map_or_else(|| "-".to_owned(), |c| format!("{c:.1} us/req"));
     println!(
-        "{name:<11} {:>10.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   proxy RSS {rss}",
+        "{name:<14} {:>10.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   proxy RSS {rss}   proxy CPU {cpu}",
         s.rps, s.p50_ms, s.p99_ms
     );
 }
@@ -444,25 +586,37 @@ enum Mode {
 /// connection (so queueing does not inflate it), both after a one-second warm-up.
 async fn measure(
     args: &Args,
-    mode: Mode,
+    mode: &Mode,
     target: &str,
     ca: &CertificateDer<'static>,
     pid: Option<u32>,
 ) -> Stats {
-    let (done, rss) = phase(args.connections, args.seconds, &mode, target, ca, pid).await;
-    let (mut latencies, _) = phase(1, args.seconds.div_ceil(2), &mode, target, ca, None).await;
+    let load = phase(args.connections, args.seconds, mode, target, ca, pid).await;
+    let mut latencies = phase(1, args.seconds.div_ceil(2), mode, target, ca, None)
+        .await
+        .latencies;
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
+    let done = load.latencies.len().max(1) as f64;
     Stats {
-        rps: done.len() as f64 / args.seconds as f64,
+        rps: load.latencies.len() as f64 / args.seconds as f64,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
-        rss_mb: rss,
+        rss_mb: load.rss,
+        cpu_self_us: load.cpu_self.as_secs_f64() * 1e6 / done,
+        cpu_proxy_us: load.cpu_proxy.map(|c| c.as_secs_f64() * 1e6 / done),
     }
+}
+
+struct Phase {
+    latencies: Vec<Duration>,
+    rss: Option<f64>,
+    cpu_self: Duration,
+    cpu_proxy: Option<Duration>,
 }
 
 async fn phase(
@@ -472,7 +626,7 @@ async fn phase(
     target: &str,
     ca: &CertificateDer<'static>,
     pid: Option<u32>,
-) -> (Vec<Duration>, Option<f64>) {
+) -> Phase {
     let deadline_warm = Instant::now() + Duration::from_secs(1);
     let end = deadline_warm + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -484,17 +638,42 @@ async fn phase(
             worker(mode, &target, ca, deadline_warm, end).await
         }));
     }
-    // Sample the proxy's memory in the middle of the run.
-    let mut rss = None;
-    if let Some(pid) = pid {
-        tokio::time::sleep(Duration::from_secs(1) + Duration::from_secs(seconds) / 2).await;
-        rss = rss_mb(pid);
-    }
+    // CPU time over the measured window; the proxy's memory in its middle.
+    let me = std::process::id();
+    tokio::time::sleep_until(deadline_warm.into()).await;
+    let self_before = cpu_time(me);
+    let proxy_before = pid.and_then(cpu_time);
+    tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
+    let rss = pid.and_then(rss_mb);
+    tokio::time::sleep_until(end.into()).await;
+    let self_after = cpu_time(me);
+    let proxy_after = pid.and_then(cpu_time);
     let mut latencies: Vec<Duration> = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    (latencies, rss)
+    let diff = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Phase {
+        latencies,
+        rss,
+        cpu_self: diff(self_before, self_after).unwrap_or_default(),
+        cpu_proxy: diff(proxy_before, proxy_after),
+    }
+}
+
+/// User plus system CPU time a process has used so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 async fn worker(
@@ -722,7 +901,11 @@ fn load_pem_cert(path: &Path) -> CertificateDer<'static> {
         .skip(1)
         .take_while(|l| !l.starts_with("-----END"))
         .collect();
-    CertificateDer::from(base64_decode(&b64))
+    CertificateDer::from(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -733,28 +916,5 @@ fn pem(label: &str, der: &[u8]) -> String {
         out.push('\n');
     }
     out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for b in s.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
     out
 }

@@ -324,23 +324,26 @@ pub(crate) fn redact_headers(
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let n = name.as_str();
-        let hidden = REDACTED_HEADERS.contains(&n)
+        let hidden = value.is_sensitive()
+            || REDACTED_HEADERS.contains(&n)
             || extra.iter().any(|e| e.eq_ignore_ascii_case(n))
-            || value.is_sensitive()
             || secrets.iter().any(|(s, _)| {
-                !s.is_empty() && value.as_bytes().windows(s.len()).any(|w| w == s.as_slice())
+                !s.is_empty() && memchr::memmem::find(value.as_bytes(), s).is_some()
             });
         let shown = if hidden {
             REDACTED.to_owned()
         } else {
             String::from_utf8_lossy(value.as_bytes()).into_owned()
         };
-        out.entry(n.to_owned())
-            .and_modify(|v| {
+        match out.get_mut(n) {
+            Some(v) => {
                 v.push_str(", ");
                 v.push_str(&shown);
-            })
-            .or_insert(shown);
+            }
+            None => {
+                out.insert(n.to_owned(), shown);
+            }
+        }
     }
     out
 }

@@ -41,11 +41,14 @@ impl CredentialSource for StaticCredentials {
     }
 }
 
-/// A snapshot of a run's rules with what every request needs precomputed: the pairs the
-/// scrubber replaces (real value → placeholder, also in their Basic-encoded form) and the
-/// header names that are always redacted in records.
+/// A snapshot of a run's rules with what every request needs precomputed: the parsed header
+/// names, the pairs the scrubber replaces (real value → placeholder, also in their
+/// Basic-encoded form) and the header names that are always redacted in records.
 pub(crate) struct CompiledRules {
     pub(crate) rules: Arc<[InjectionRule]>,
+    /// Per rule, in order: the credential header (`None` when the name is invalid) and the
+    /// formatted real value ready to insert.
+    compiled: Vec<(Option<HeaderName>, Option<HeaderValue>)>,
     pub(crate) scrub_pairs: Arc<[ScrubPair]>,
     pub(crate) headers: Vec<String>,
 }
@@ -75,8 +78,18 @@ impl CompiledRules {
             .iter()
             .map(|r| r.header.to_ascii_lowercase())
             .collect();
+        let compiled = rules
+            .iter()
+            .map(|r| {
+                (
+                    HeaderName::from_bytes(r.header.as_bytes()).ok(),
+                    sensitive(r.format.render(r.value.expose()).as_bytes()).ok(),
+                )
+            })
+            .collect();
         Self {
             rules,
+            compiled,
             scrub_pairs: pairs.into(),
             headers,
         }
@@ -103,30 +116,41 @@ pub(crate) fn covers(rules: &[InjectionRule], host: &str, port: u16) -> bool {
 
 /// Applies the injection rule for `host:port` to `headers`.
 pub(crate) fn apply(
-    rules: &[InjectionRule],
+    compiled: &CompiledRules,
     host: &str,
     port: u16,
     headers: &mut HeaderMap,
 ) -> Injection {
     let mut outcome = Injection::NotCovered;
-    for rule in rules
-        .iter()
-        .filter(|r| r.hosts.iter().any(|h| h.matches(host, port)))
-    {
-        let Ok(name) = HeaderName::from_bytes(rule.header.as_bytes()) else {
+    for (rule, (name, rendered)) in compiled.rules.iter().zip(&compiled.compiled) {
+        if !rule.hosts.iter().any(|h| h.matches(host, port)) {
+            continue;
+        }
+        let Some(name) = name else {
             continue;
         };
         let real = rule.value.expose();
-        let mut present = headers.get_all(&name).iter().peekable();
-        if present.peek().is_none() {
-            if let Ok(value) = sensitive(&rule.format.render(real)) {
-                headers.insert(name, value);
+        let mut present = headers.get_all(name).iter();
+        let Some(first) = present.next() else {
+            if let Some(value) = rendered {
+                headers.insert(name.clone(), value.clone());
                 return Injection::Injected(rule.grant.clone());
             }
             continue;
+        };
+        if present.next().is_none() {
+            // The usual case: one credential header.
+            if let Some(nv) = substitute(first, &rule.placeholder, real) {
+                headers.insert(name.clone(), nv);
+                return Injection::Injected(rule.grant.clone());
+            }
+            outcome = Injection::LeftUntouched;
+            continue;
         }
         let mut replaced = false;
-        let new_values: Vec<HeaderValue> = present
+        let new_values: Vec<HeaderValue> = headers
+            .get_all(name)
+            .iter()
             .map(|v| match substitute(v, &rule.placeholder, real) {
                 Some(nv) => {
                     replaced = true;
@@ -136,7 +160,7 @@ pub(crate) fn apply(
             })
             .collect();
         if replaced {
-            headers.remove(&name);
+            headers.remove(name);
             for v in new_values {
                 headers.append(name.clone(), v);
             }
@@ -152,10 +176,12 @@ fn substitute(value: &HeaderValue, placeholder: &str, real: &str) -> Option<Head
     if placeholder.is_empty() {
         return None;
     }
-    let text = value.to_str().ok()?;
-    if text.contains(placeholder) {
-        return sensitive(&text.replace(placeholder, real)).ok();
+    let bytes = value.as_bytes();
+    if memchr::memmem::find(bytes, placeholder.as_bytes()).is_some() {
+        let out = crate::scrub::replace_all(bytes, placeholder.as_bytes(), real.as_bytes());
+        return sensitive(&out).ok();
     }
+    let text = value.to_str().ok()?;
     let (scheme, rest) = text.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -166,11 +192,11 @@ fn substitute(value: &HeaderValue, placeholder: &str, real: &str) -> Option<Head
         return None;
     }
     let swapped = pair.replace(placeholder, real);
-    sensitive(&format!("{scheme} {}", base64_encode(swapped.as_bytes()))).ok()
+    sensitive(format!("{scheme} {}", base64_encode(swapped.as_bytes())).as_bytes()).ok()
 }
 
-fn sensitive(s: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-    let mut v = HeaderValue::from_str(s)?;
+fn sensitive(s: &[u8]) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = HeaderValue::from_bytes(s)?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -242,7 +268,7 @@ mod tests {
 
     #[test]
     fn injection_matrix() {
-        let rules = [rule(InjectionFormat::Bearer, "authorization")];
+        let rules = CompiledRules::new(vec![rule(InjectionFormat::Bearer, "authorization")].into());
         // No header: injected.
         let mut h = HeaderMap::new();
         assert_eq!(

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::PoisonError;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,14 +18,17 @@ use bytes::Bytes;
 use chrono::Utc;
 use flate2::write::MultiGzDecoder;
 use http::HeaderMap;
+use http::HeaderName;
 use http::HeaderValue;
 use http::Method;
 use http::Request;
 use http::Response;
 use http::StatusCode;
 use http::Uri;
+use http::uri::PathAndQuery;
 use http::Version;
 use http::header;
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -68,6 +72,7 @@ use crate::inject::Injection;
 use crate::inject::StaticCredentials;
 use crate::scrub::Scrubber;
 use crate::scrub::scrub_all;
+use crate::scrub::scrub_headers;
 use crate::upstream::Connector;
 use crate::upstream::UpstreamError;
 use crate::upstream::UpstreamSettings;
@@ -837,9 +842,12 @@ async fn intercept(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let authority = target.authority(443);
     let tunnel = Arc::new(Tunnel {
         shared: shared.clone(),
         run,
+        uri_authority: http::uri::Authority::from_maybe_shared(Bytes::from(authority.clone())).ok(),
+        authority,
         target,
         permit,
     });
@@ -899,34 +907,44 @@ async fn intercept(
     }
 }
 
-/// When an intercepted session last moved bytes.
+/// Whether an intercepted session moved bytes lately. Marking it is a plain store, so the
+/// request path reads no clock; the idle check samples it a few times per timeout.
 struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
+    moved: AtomicBool,
 }
+
+/// Response bodies up to this size with a known length are scrubbed whole.
+const SMALL_BODY: usize = 64 * 1024;
+
+/// Samples per idle timeout: a session is closed between `timeout` and `timeout * (1 + 1/N)`
+/// after its last byte.
+const IDLE_SAMPLES: u32 = 4;
 
 impl Activity {
     fn new() -> Self {
         Self {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            moved: AtomicBool::new(false),
         }
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     /// Completes once no bytes have moved for `timeout`.
     async fn idle_for(&self, timeout: Duration) {
+        let step = (timeout / IDLE_SAMPLES).max(Duration::from_millis(1));
+        let mut quiet = Duration::ZERO;
         loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let idle = self.epoch.elapsed().saturating_sub(last);
-            if idle >= timeout {
-                return;
+            tokio::time::sleep(step).await;
+            if self.moved.swap(false, Ordering::Relaxed) {
+                quiet = Duration::ZERO;
+            } else {
+                quiet += step;
+                if quiet >= timeout.saturating_sub(step / 2) {
+                    return;
+                }
             }
-            tokio::time::sleep(timeout - idle).await;
         }
     }
 }
@@ -1004,6 +1022,10 @@ struct Tunnel {
     shared: Arc<Shared>,
     run: Arc<RunContext>,
     target: Target,
+    /// `target` as it appears in a URL, computed once per tunnel.
+    authority: String,
+    /// The same, parsed for upstream request URIs.
+    uri_authority: Option<http::uri::Authority>,
     /// The client's connection slot, held by upgraded streams too.
     permit: Arc<OwnedSemaphorePermit>,
 }
@@ -1016,10 +1038,11 @@ impl Tunnel {
         let path = req
             .uri()
             .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let url = format!("https://{}{path}", target.authority(443));
-        let method = req.method().as_str().to_owned();
-        let mut record = new_record(run, &method, &url, &target.host);
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let url = format!("https://{}{path}", self.authority);
+        let method = req.method().clone();
+        let mut record = new_record(run, method.as_str(), &url, &target.host);
 
         if !run.active.load(Ordering::SeqCst) {
             let resp = answer::blocked(
@@ -1031,7 +1054,7 @@ impl Tunnel {
             record.reason = Some("run-ended".into());
             return finish_now(run, record, start, &req, resp);
         }
-        if let Err(what) = check_authority(&req, target) {
+        if let Err(what) = check_authority(&req, target, &self.authority) {
             let resp = answer::blocked(
                 "authority-mismatch",
                 &what,
@@ -1045,8 +1068,13 @@ impl Tunnel {
         let compiled = run.rules();
         let rules = &compiled.rules;
         let policy_path = normalize_path(req.uri().path());
-        if let Decision::Deny(reason) =
-            run.decide_request(rules, &target.host, target.port, &method, &policy_path)
+        if let Decision::Deny(reason) = run.decide_request(
+            rules,
+            &target.host,
+            target.port,
+            method.as_str(),
+            &policy_path,
+        )
         {
             let resp = deny_response(&reason);
             record.decision = RecordDecision::Denied;
@@ -1060,7 +1088,7 @@ impl Tunnel {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::HOST);
-        let injection = inject::apply(rules, &target.host, target.port, &mut parts.headers);
+        let injection = inject::apply(&compiled, &target.host, target.port, &mut parts.headers);
         if let Injection::Injected(grant) = &injection {
             record.grant = Some(grant.clone());
         }
@@ -1072,14 +1100,19 @@ impl Tunnel {
         let secrets = &compiled.scrub_pairs;
         let rule_headers = &compiled.headers;
         record.req_headers = redact_headers(&parts.headers, rule_headers, secrets);
-        parts.uri = match Uri::builder()
-            .scheme("https")
-            .authority(target.authority(443))
-            .path_and_query(path.as_str())
-            .build()
-        {
-            Ok(u) => u,
-            Err(_) => {
+        let uri = match &self.uri_authority {
+            Some(authority) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(http::uri::Scheme::HTTPS);
+                uri.authority = Some(authority.clone());
+                uri.path_and_query = Some(path);
+                Uri::from_parts(uri).ok()
+            }
+            None => None,
+        };
+        parts.uri = match uri {
+            Some(u) => u,
+            None => {
                 let resp = answer::error(
                     StatusCode::BAD_REQUEST,
                     "bad-request",
@@ -1137,15 +1170,10 @@ impl Tunnel {
         }
         strip_hop_by_hop(&mut rparts.headers, false);
         let mut scrub = None;
+        let mut rbody = rbody.map_err(Into::into).boxed_unsync();
         if covered && !secrets.is_empty() {
-            for value in rparts.headers.values_mut() {
-                if let Some(clean) = scrub_all(secrets, value.as_bytes())
-                    && let Ok(v) = HeaderValue::from_bytes(&clean)
-                {
-                    *value = v;
-                }
-            }
-            let bodiless = method == "HEAD"
+            scrub_headers(secrets, &mut rparts.headers);
+            let bodiless = method == Method::HEAD
                 || rparts.status == StatusCode::NO_CONTENT
                 || rparts.status == StatusCode::NOT_MODIFIED;
             if !bodiless {
@@ -1164,9 +1192,33 @@ impl Tunnel {
                     record.reason = Some("unscrubbable-encoding".into());
                     return finish_parts(run, record, start, resp, Some(req_bytes));
                 };
-                rparts.headers.remove(header::CONTENT_ENCODING);
-                rparts.headers.remove(header::CONTENT_LENGTH);
-                scrub = Some((decode, Scrubber::new(secrets.clone())));
+                if matches!(decode, Decode::Identity)
+                    && rbody
+                        .size_hint()
+                        .exact()
+                        .is_some_and(|n| n <= SMALL_BODY as u64)
+                {
+                    // A small body of known length is read whole and scrubbed in one pass, so
+                    // the client still gets a Content-Length rather than a chunked stream.
+                    match self.small_body(rbody, secrets).await {
+                        Ok((len, body)) => {
+                            rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                            rbody = body;
+                        }
+                        Err(answer) => {
+                            record.reason = answer
+                                .headers()
+                                .get(answer::ERROR_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            return finish_parts(run, record, start, answer, Some(req_bytes));
+                        }
+                    }
+                } else {
+                    rparts.headers.remove(header::CONTENT_ENCODING);
+                    rparts.headers.remove(header::CONTENT_LENGTH);
+                    scrub = Some((decode, Scrubber::new(secrets.clone())));
+                }
             }
         }
         record.status = Some(rparts.status.as_u16());
@@ -1177,12 +1229,52 @@ impl Tunnel {
             start,
             req_bytes: Some(req_bytes),
         };
-        let body = ResponseBody::new(
-            rbody.map_err(Into::into).boxed_unsync(),
-            scrub,
-            Some(pending),
-        );
+        let body = ResponseBody::new(rbody, scrub, Some(pending));
         Response::from_parts(rparts, body.boxed_unsync())
+    }
+}
+
+impl Tunnel {
+    /// Reads a small response body whole and scrubs it (trailers too); returns its new length
+    /// and the body to forward, or the answer to give when the upstream fails mid-body.
+    async fn small_body(
+        &self,
+        body: ProxyBody,
+        secrets: &[crate::inject::ScrubPair],
+    ) -> Result<(usize, ProxyBody), Response<ProxyBody>> {
+        let collected = match tokio::time::timeout(self.shared.response_timeout, body.collect())
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upstream body failed");
+                return Err(answer::error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-body-failed",
+                    "the upstream connection failed while sending the response body",
+                ));
+            }
+            Err(_) => {
+                return Err(answer::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream-timeout",
+                    "the upstream did not finish the response body in time",
+                ));
+            }
+        };
+        let mut trailers = collected.trailers().cloned();
+        let data = collected.to_bytes();
+        let data = scrub_all(secrets, &data).map_or(data, Bytes::from);
+        let len = data.len();
+        let body = crate::body::full(data);
+        Ok(match trailers.as_mut() {
+            None => (len, body),
+            Some(t) => {
+                scrub_headers(secrets, t);
+                let t = trailers.take().map(Ok);
+                (len, body.with_trailers(std::future::ready(t)).boxed_unsync())
+            }
+        })
     }
 }
 
@@ -1446,27 +1538,33 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// The inner request's `Host` and `:authority` must name the CONNECT target.
-fn check_authority(req: &Request<Incoming>, target: &Target) -> Result<(), String> {
+/// The inner request's `Host` and `:authority` must name the CONNECT target, whose URL form is
+/// `authority`.
+fn check_authority(
+    req: &Request<Incoming>,
+    target: &Target,
+    authority: &str,
+) -> Result<(), String> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err("the request has more than one Host header".into());
     }
-    let mut names: Vec<String> = Vec::new();
-    if let Some(h) = host_header {
-        names.push(String::from_utf8_lossy(h.as_bytes()).into_owned());
-    }
-    if let Some(a) = req.uri().authority() {
-        names.push(a.as_str().to_owned());
-    }
-    for name in names {
+    let names = [
+        host_header.map(HeaderValue::as_bytes),
+        req.uri().authority().map(|a| a.as_str().as_bytes()),
+    ];
+    for name in names.into_iter().flatten() {
+        // The usual spelling matches byte for byte; anything else is parsed.
+        if name.eq_ignore_ascii_case(authority.as_bytes()) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(name);
         match parse_authority(&name, Some(443)) {
             Some(t) if t == *target => {}
             _ => {
                 return Err(format!(
-                    "the request names `{name}` but the tunnel was opened to `{}`",
-                    target.authority(443)
+                    "the request names `{name}` but the tunnel was opened to `{authority}`"
                 ));
             }
         }
@@ -1487,24 +1585,28 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 /// Removes connection-specific headers; keeps `Upgrade`/`Connection: upgrade` for upgrades.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "upgrade")
-        .collect();
-    for name in named {
-        headers.remove(name.as_str());
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "upgrade")
+            .collect();
+        for name in named {
+            headers.remove(name.as_str());
+        }
     }
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "trailer",
-        "transfer-encoding",
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
     ] {
         headers.remove(name);
     }

@@ -32,13 +32,7 @@ impl Scrubber {
 
     /// Replaces secrets in header values (response trailers), in place.
     pub(crate) fn scrub_headers(&self, headers: &mut http::HeaderMap) {
-        for value in headers.values_mut() {
-            if let Some(clean) = scrub_all(&self.pairs, value.as_bytes())
-                && let Ok(v) = http::HeaderValue::from_bytes(&clean)
-            {
-                *value = v;
-            }
-        }
+        scrub_headers(&self.pairs, headers);
     }
 
     /// Feeds one chunk; returns what can be forwarded now.
@@ -92,6 +86,17 @@ impl Scrubber {
     }
 }
 
+/// Replaces secrets in every header value, in place.
+pub(crate) fn scrub_headers(pairs: &[ScrubPair], headers: &mut http::HeaderMap) {
+    for value in headers.values_mut() {
+        if let Some(clean) = scrub_all(pairs, value.as_bytes())
+            && let Ok(v) = http::HeaderValue::from_bytes(&clean)
+        {
+            *value = v;
+        }
+    }
+}
+
 /// Replaces secrets in a complete value (a header).
 pub(crate) fn scrub_all(pairs: &[ScrubPair], value: &[u8]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
@@ -105,30 +110,22 @@ pub(crate) fn scrub_all(pairs: &[ScrubPair], value: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    find(hay, needle, 0).is_some()
+    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
 }
 
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    let first = *needle.first()?;
-    let mut i = from;
-    while i + needle.len() <= hay.len() {
-        let rel = hay.get(i..)?.iter().position(|&b| b == first)?;
-        i += rel;
-        if hay.get(i..i + needle.len())? == needle {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
-}
-
-fn replace_all(hay: &[u8], needle: &[u8], replacement: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
+/// `hay` with every occurrence of `needle` replaced; also used by injection.
+pub(crate) fn replace_all(hay: &[u8], needle: &[u8], replacement: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len() + replacement.len());
     let mut start = 0;
-    while let Some(at) = find(hay, needle, start) {
-        out.extend_from_slice(hay.get(start..at).unwrap_or_default());
-        out.extend_from_slice(replacement);
-        start = at + needle.len();
+    if !needle.is_empty() {
+        for at in memchr::memmem::find_iter(hay, needle) {
+            if at < start {
+                continue;
+            }
+            out.extend_from_slice(hay.get(start..at).unwrap_or_default());
+            out.extend_from_slice(replacement);
+            start = at + needle.len();
+        }
     }
     out.extend_from_slice(hay.get(start..).unwrap_or_default());
     out
