@@ -28,7 +28,7 @@ pub(crate) fn bench(args: &[&str]) -> Result<()> {
         _ => bail!(
             "usage: cargo xtask bench run [--rounds N] [--image IMAGE]\n       \
              cargo xtask bench audit\n       \
-             cargo xtask bench proxy [--no-mitmproxy] [--seconds N]"
+             cargo xtask bench proxy [--no-mitmproxy] [--rounds N] [--seconds N]"
         ),
     }
 }
@@ -166,15 +166,6 @@ fn cargo_release(args: &[&str]) -> Result<()> {
 /// (installed from PyPI into a throwaway virtualenv), then leaf minting.
 fn proxy(args: &[&str]) -> Result<()> {
     let mut mitm = true;
-    let mut seconds = "5".to_owned();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match *a {
-            "--no-mitmproxy" => mitm = false,
-            "--seconds" => seconds = it.next().context("--seconds needs a number")?.to_string(),
-            other => bail!("unknown argument `{other}`"),
-        }
-    }
     let mut loadgen: Vec<String> = [
         "run",
         "--release",
@@ -184,12 +175,26 @@ fn proxy(args: &[&str]) -> Result<()> {
         "--example",
         "loadgen",
         "--",
-        "--seconds",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    loadgen.push(seconds);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--no-mitmproxy" => mitm = false,
+            flag @ ("--seconds" | "--rounds") => {
+                let n = it
+                    .next()
+                    .with_context(|| format!("{flag} needs a number"))?;
+                n.parse::<u64>()
+                    .with_context(|| format!("{flag} needs a number, not `{n}`"))?;
+                loadgen.push(flag.to_owned());
+                loadgen.push((*n).to_owned());
+            }
+            other => bail!("unknown argument `{other}`"),
+        }
+    }
     if mitm {
         let mitmdump = mitmproxy_venv()?;
         loadgen.push("--mitmdump".to_owned());

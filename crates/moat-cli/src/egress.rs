@@ -89,7 +89,9 @@ impl Egress for ProxyEgress {
         let proxy = ProxyBuilder::new(SocketAddr::new(request.bind, 0))
             .upstream(self.upstream.clone())
             .run(run)
-            .start()
+            // Its own thread and single-threaded runtime: no cross-thread wake-ups on the
+            // request path, and the supervisor's log writing cannot slow requests down.
+            .start_dedicated()
             .await
             .map_err(|e| boxed(Box::new(e)))?;
         Ok(EgressHandle {

@@ -81,21 +81,13 @@ fn parse_args() -> Args {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--seconds" => args.seconds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3),
-            "--rounds" => {
-                args.rounds = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(3)
-                    .max(1)
-            }
+            "--rounds" => args.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
             "--connections" => {
                 args.connections = it.next().and_then(|v| v.parse().ok()).unwrap_or(64)
             }
             "--mitmdump" => args.mitmdump = it.next().map(PathBuf::from),
             "--upstream-h1-only" => args.upstream_h1_only = true,
-            "--proxy-threads" => {
-                args.proxy_threads = it.next().and_then(|v| v.parse().ok())
-            }
+            "--proxy-threads" => args.proxy_threads = it.next().and_then(|v| v.parse().ok()),
             other => {
                 eprintln!(
                     "unknown argument `{other}`; use --seconds N, --rounds N, --connections N, \
@@ -395,7 +387,10 @@ async fn run(args: Args) {
         median(per_round.iter().copied()),
         max(per_round.iter().copied())
     );
-    println!("throughput ratio proxy/direct: {:.2}", moat_rps / direct_rps);
+    println!(
+        "throughput ratio proxy/direct: {:.2}",
+        moat_rps / direct_rps
+    );
     println!(
         "added p50 latency: {:.3} ms",
         median(moat.rounds.iter().map(|s| s.p50_ms)) - direct_p50
@@ -450,10 +445,7 @@ fn summary(name: &str, rounds: &[Stats]) {
     let cpu = if cpu.is_empty() {
         String::new()
     } else {
-        format!(
-            "; proxy CPU {:.1} us/request",
-            median(cpu.iter().copied())
-        )
+        format!("; proxy CPU {:.1} us/request", median(cpu.iter().copied()))
     };
     println!(
         "{name:<11} req/s min {:>8.0} median {:>8.0} max {:>8.0}; p50 {:.3} ms; p99 {:.3} ms; \

@@ -327,9 +327,9 @@ pub(crate) fn redact_headers(
         let hidden = value.is_sensitive()
             || REDACTED_HEADERS.contains(&n)
             || extra.iter().any(|e| e.eq_ignore_ascii_case(n))
-            || secrets.iter().any(|(s, _)| {
-                !s.is_empty() && memchr::memmem::find(value.as_bytes(), s).is_some()
-            });
+            || secrets
+                .iter()
+                .any(|(s, _)| !s.is_empty() && memchr::memmem::find(value.as_bytes(), s).is_some());
         let shown = if hidden {
             REDACTED.to_owned()
         } else {

@@ -25,9 +25,9 @@ use http::Request;
 use http::Response;
 use http::StatusCode;
 use http::Uri;
-use http::uri::PathAndQuery;
 use http::Version;
 use http::header;
+use http::uri::PathAndQuery;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -1074,8 +1074,7 @@ impl Tunnel {
             target.port,
             method.as_str(),
             &policy_path,
-        )
-        {
+        ) {
             let resp = deny_response(&reason);
             record.decision = RecordDecision::Denied;
             record.reason = Some(reason.code().into());
@@ -1202,7 +1201,9 @@ impl Tunnel {
                     // the client still gets a Content-Length rather than a chunked stream.
                     match self.small_body(rbody, secrets).await {
                         Ok((len, body)) => {
-                            rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                            rparts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                             rbody = body;
                         }
                         Err(answer) => {
@@ -1242,26 +1243,25 @@ impl Tunnel {
         body: ProxyBody,
         secrets: &[crate::inject::ScrubPair],
     ) -> Result<(usize, ProxyBody), Response<ProxyBody>> {
-        let collected = match tokio::time::timeout(self.shared.response_timeout, body.collect())
-            .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream body failed");
-                return Err(answer::error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream-body-failed",
-                    "the upstream connection failed while sending the response body",
-                ));
-            }
-            Err(_) => {
-                return Err(answer::error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream-timeout",
-                    "the upstream did not finish the response body in time",
-                ));
-            }
-        };
+        let collected =
+            match tokio::time::timeout(self.shared.response_timeout, body.collect()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "upstream body failed");
+                    return Err(answer::error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-body-failed",
+                        "the upstream connection failed while sending the response body",
+                    ));
+                }
+                Err(_) => {
+                    return Err(answer::error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream-timeout",
+                        "the upstream did not finish the response body in time",
+                    ));
+                }
+            };
         let mut trailers = collected.trailers().cloned();
         let data = collected.to_bytes();
         let data = scrub_all(secrets, &data).map_or(data, Bytes::from);
@@ -1272,7 +1272,10 @@ impl Tunnel {
             Some(t) => {
                 scrub_headers(secrets, t);
                 let t = trailers.take().map(Ok);
-                (len, body.with_trailers(std::future::ready(t)).boxed_unsync())
+                (
+                    len,
+                    body.with_trailers(std::future::ready(t)).boxed_unsync(),
+                )
             }
         })
     }

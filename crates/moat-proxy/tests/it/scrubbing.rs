@@ -122,3 +122,32 @@ async fn basic_encoded_credentials_are_scrubbed_too() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn scrubbed_bodies_carry_their_new_length() {
+    // A placeholder shorter than the real value: a scrubbed body of known length must not be
+    // sent with the upstream's Content-Length, on either client protocol.
+    let ca = TestCa::new();
+    let (addr, _) = tls_upstream(&ca, &[API], &[b"h2", b"http/1.1"]).await;
+    let mut rule = github_rule();
+    rule.placeholder = "short-ph".into();
+    let h = harness(
+        EgressPolicy::default(),
+        vec![rule],
+        upstream_settings(&ca, &[API], addr),
+    )
+    .await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let resp = h
+            .request(&format!("{API}:443"), alpn, get("/reflect", API))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let length = resp
+            .headers()
+            .get("content-length")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let body = body_text(resp).await;
+        assert_eq!(body, "token=short-ph;end");
+        assert_eq!(length, Some(body.len().to_string()));
+    }
+}
