@@ -110,6 +110,10 @@ fn main() {
         proxy_child(&argv[2..]);
         return;
     }
+    if argv.get(1).map(String::as_str) == Some("--upstream-child") {
+        upstream_child(&argv[2..]);
+        return;
+    }
     let args = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -117,6 +121,32 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(args));
+}
+
+/// The upstream child: `--upstream-child <h1-only: 0|1> <ca-out.der>`. A TLS server in its own
+/// process, as a real upstream is, with two worker threads. Prints its address, then serves
+/// until stdin closes.
+fn upstream_child(args: &[String]) {
+    let h1_only = args[0] == "1";
+    let ca_out = PathBuf::from(&args[1]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (addr, ca) = start_upstream(h1_only).await;
+        std::fs::write(&ca_out, ca.as_ref()).unwrap();
+        println!("ADDR {addr}");
+        std::io::stdout().flush().unwrap();
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 16];
+        while let Ok(n) = stdin.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
 }
 
 /// The moat-proxy child: `--proxy-child <upstream-port> <upstream-ca.der> <ca-out.pem>
@@ -195,8 +225,10 @@ struct Stats {
     p50_ms: f64,
     p99_ms: f64,
     rss_mb: Option<f64>,
-    /// CPU time per request of this process (load generator and upstream).
+    /// CPU time per request of the load generator (this process).
     cpu_self_us: f64,
+    /// CPU time per request of the upstream process.
+    cpu_upstream_us: f64,
     /// CPU time per request of the proxy process, when there is one.
     cpu_proxy_us: Option<f64>,
 }
@@ -223,15 +255,30 @@ impl ProxyUnderTest {
 async fn run(args: Args) {
     let dir = std::env::temp_dir().join(format!("moat-loadgen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (upstream_addr, upstream_ca) = start_upstream(args.upstream_h1_only).await;
     let ca_der_path = dir.join("upstream-ca.der");
-    std::fs::write(&ca_der_path, upstream_ca.as_ref()).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut upstream = Command::new(&exe)
+        .arg("--upstream-child")
+        .arg(if args.upstream_h1_only { "1" } else { "0" })
+        .arg(&ca_der_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = read_line(&mut upstream);
+    let upstream_addr: SocketAddr = line
+        .strip_prefix("ADDR ")
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected upstream output: {line}"));
+    let upstream_ca = CertificateDer::from(std::fs::read(&ca_der_path).unwrap());
+    let upstream_pid = upstream.id();
     let ca_pem_path = dir.join("upstream-ca.pem");
     std::fs::write(&ca_pem_path, pem("CERTIFICATE", upstream_ca.as_ref())).unwrap();
     let target = format!("127.0.0.1:{}", upstream_addr.port());
     println!(
-        "upstream {target}; throughput: {} connections, {} rounds of {} s each, direct and \
-         through each proxy in turn; latency: 1 connection; keep-alive HTTP/1.1 GET over TLS",
+        "upstream {target} (own process); throughput: {} connections, {} rounds of {} s each, \
+         direct and through each proxy in turn; latency: 1 connection; keep-alive HTTP/1.1 GET \
+         over TLS",
         args.connections, args.rounds, args.seconds
     );
     println!(
@@ -245,7 +292,6 @@ async fn run(args: Args) {
 
     // moat-proxy in a child process.
     let moat_ca_path = dir.join("moat-ca.pem");
-    let exe = std::env::current_exe().unwrap();
     // LOADGEN_PROXY_WRAPPER runs the proxy child under a profiler, e.g.
     // `valgrind --tool=callgrind`.
     let wrapper = std::env::var("LOADGEN_PROXY_WRAPPER").unwrap_or_default();
@@ -308,11 +354,27 @@ async fn run(args: Args) {
     // Interleaved rounds, so that drift in the machine's speed touches every contender alike.
     let mut direct = Vec::new();
     for round in 1..=args.rounds {
-        let stats = measure(&args, &Mode::Direct, &target, &upstream_ca, None).await;
+        let stats = measure(
+            &args,
+            &Mode::Direct,
+            &target,
+            &upstream_ca,
+            upstream_pid,
+            None,
+        )
+        .await;
         report(&format!("direct #{round}"), &stats);
         direct.push(stats);
         for p in &mut proxies {
-            let stats = measure(&args, &p.mode(), &target, &p.ca, Some(p.child.id())).await;
+            let stats = measure(
+                &args,
+                &p.mode(),
+                &target,
+                &p.ca,
+                upstream_pid,
+                Some(p.child.id()),
+            )
+            .await;
             report(&format!("{} #{round}", p.name), &stats);
             p.rounds.push(stats);
         }
@@ -414,6 +476,8 @@ async fn run(args: Args) {
         let _ = p.child.kill();
         let _ = p.child.wait();
     }
+    drop(upstream.stdin.take());
+    let _ = upstream.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -445,17 +509,18 @@ fn summary(name: &str, rounds: &[Stats]) {
     let cpu = if cpu.is_empty() {
         String::new()
     } else {
-        format!("; proxy CPU {:.1} us/request", median(cpu.iter().copied()))
+        format!(", proxy {:.1} us", median(cpu.iter().copied()))
     };
     println!(
         "{name:<11} req/s min {:>8.0} median {:>8.0} max {:>8.0}; p50 {:.3} ms; p99 {:.3} ms; \
-         load generator + upstream CPU {:.1} us/request{cpu}",
+         CPU per request: client {:.1} us, upstream {:.1} us{cpu}",
         min(rps()),
         median(rps()),
         max(rps()),
         median(rounds.iter().map(|s| s.p50_ms)),
         median(rounds.iter().map(|s| s.p99_ms)),
         median(rounds.iter().map(|s| s.cpu_self_us)),
+        median(rounds.iter().map(|s| s.cpu_upstream_us)),
     );
 }
 
@@ -581,10 +646,11 @@ async fn measure(
     mode: &Mode,
     target: &str,
     ca: &CertificateDer<'static>,
+    upstream: u32,
     pid: Option<u32>,
 ) -> Stats {
-    let load = phase(args.connections, args.seconds, mode, target, ca, pid).await;
-    let mut latencies = phase(1, args.seconds.div_ceil(2), mode, target, ca, None)
+    let load = phase(args.connections, args.seconds, mode, target, ca, upstream, pid).await;
+    let mut latencies = phase(1, args.seconds.div_ceil(2), mode, target, ca, upstream, None)
         .await
         .latencies;
     latencies.sort_unstable();
@@ -600,6 +666,7 @@ async fn measure(
         p99_ms: pct(0.99),
         rss_mb: load.rss,
         cpu_self_us: load.cpu_self.as_secs_f64() * 1e6 / done,
+        cpu_upstream_us: load.cpu_upstream.as_secs_f64() * 1e6 / done,
         cpu_proxy_us: load.cpu_proxy.map(|c| c.as_secs_f64() * 1e6 / done),
     }
 }
@@ -608,6 +675,7 @@ struct Phase {
     latencies: Vec<Duration>,
     rss: Option<f64>,
     cpu_self: Duration,
+    cpu_upstream: Duration,
     cpu_proxy: Option<Duration>,
 }
 
@@ -617,6 +685,7 @@ async fn phase(
     mode: &Mode,
     target: &str,
     ca: &CertificateDer<'static>,
+    upstream: u32,
     pid: Option<u32>,
 ) -> Phase {
     let deadline_warm = Instant::now() + Duration::from_secs(1);
@@ -634,11 +703,13 @@ async fn phase(
     let me = std::process::id();
     tokio::time::sleep_until(deadline_warm.into()).await;
     let self_before = cpu_time(me);
+    let upstream_before = cpu_time(upstream);
     let proxy_before = pid.and_then(cpu_time);
     tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
     let rss = pid.and_then(rss_mb);
     tokio::time::sleep_until(end.into()).await;
     let self_after = cpu_time(me);
+    let upstream_after = cpu_time(upstream);
     let proxy_after = pid.and_then(cpu_time);
     let mut latencies: Vec<Duration> = Vec::new();
     for t in tasks {
@@ -652,6 +723,7 @@ async fn phase(
         latencies,
         rss,
         cpu_self: diff(self_before, self_after).unwrap_or_default(),
+        cpu_upstream: diff(upstream_before, upstream_after).unwrap_or_default(),
         cpu_proxy: diff(proxy_before, proxy_after),
     }
 }
