@@ -78,6 +78,8 @@ use crate::upstream::UpstreamError;
 use crate::upstream::UpstreamSettings;
 use crate::upstream::find_upstream_error;
 
+mod ws_h2;
+
 /// Bounds on what one client can make the proxy hold.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -95,8 +97,8 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// An intercepted client session with no bytes in either direction for this long is
     /// closed: it is asked to finish gracefully and dropped if it has not within ten more
-    /// seconds (so a response that sends nothing for this long is cut). WebSocket sessions are
-    /// not affected.
+    /// seconds (so a response that sends nothing for this long is cut). WebSocket sessions over
+    /// HTTP/1.1 are not affected; over HTTP/2 their bytes count as their connection's activity.
     pub idle_timeout: Duration,
 }
 
@@ -869,7 +871,9 @@ async fn intercept(
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(limits.max_concurrent_streams)
             .keep_alive_interval(Some(Duration::from_secs(60)))
-            .adaptive_window(true);
+            .adaptive_window(true)
+            // SETTINGS_ENABLE_CONNECT_PROTOCOL, for WebSocket over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -1032,6 +1036,9 @@ struct Tunnel {
 
 impl Tunnel {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        if ws_h2::is_extended_connect(&req) {
+            return self.websocket_h2(req).await;
+        }
         let start = Instant::now();
         let run = &self.run;
         let target = &self.target;

@@ -1,7 +1,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
+use http_body_util::Full;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use moat_core::egress::EgressPolicy;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -197,4 +201,246 @@ async fn websocket_streams_from_credentialed_hosts_are_scrubbed() {
     let got = String::from_utf8_lossy(&got).into_owned();
     assert!(!got.contains(REAL), "{got}");
     assert_eq!(got, format!("{};", &PLACEHOLDER[..REAL.len()]));
+}
+
+/// An HTTP/2 session through a tunnel to `API` and an extended CONNECT (RFC 8441) for `path`
+/// whose `:authority` is `authority`. The sender is returned so the session outlives the
+/// response.
+async fn h2_websocket(
+    h: &Harness,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (
+    http::Response<hyper::body::Incoming>,
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+) {
+    let tls = h.tls(&format!("{API}:443"), API, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::connect(format!("https://{authority}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(Full::new(Bytes::new())).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = tokio::time::timeout(T, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    (resp, send)
+}
+
+/// A masked client text frame (RFC 6455 §5.2) carrying `payload` (under 126 bytes).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn websocket_over_h2_reaches_an_http1_upstream() {
+    // The upstream offers h2 too; the WebSocket still goes to it as an HTTP/1.1 upgrade.
+    let (h, state) = setup(&[b"h2", b"http/1.1"], false).await;
+    let (resp, _send) = h2_websocket(
+        &h,
+        API,
+        "/ws?x=1",
+        &[
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat, superchat"),
+            ("x-custom", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    assert!(resp.headers().get("x-moat-error").is_none());
+
+    assert_eq!(state.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *state.last_version.lock().unwrap(),
+        Some(http::Version::HTTP_11)
+    );
+    let seen = state.last_headers.lock().unwrap().clone();
+    assert_eq!(seen["upgrade"], "websocket");
+    assert!(
+        seen["connection"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("upgrade")
+    );
+    assert_eq!(seen["sec-websocket-version"], "13");
+    assert_eq!(seen["sec-websocket-protocol"], "chat, superchat");
+    assert_eq!(seen["x-custom"], "kept");
+    assert_eq!(seen["host"], API);
+    let key = seen["sec-websocket-key"].to_str().unwrap();
+    let raw = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap()
+    };
+    assert_eq!(raw.len(), 16, "{key}");
+
+    let mut io = TokioIo::new(
+        tokio::time::timeout(T, hyper::upgrade::on(resp))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let frame = masked_text_frame(b"hello over h2");
+    for msg in [&frame[..], b"raw bytes", &[0u8, 1, 2, 255]] {
+        io.write_all(msg).await.unwrap();
+        io.flush().await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(T, io.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    let rec = h.sink.wait_for(&format!("https://{API}/ws?x=1")).await;
+    assert_eq!(rec.status, Some(200));
+    assert_eq!(rec.method, "GET");
+    assert_eq!(rec.decision, moat_core::egress::RecordDecision::Allowed);
+}
+
+#[tokio::test]
+async fn websocket_over_h2_from_credentialed_hosts_is_scrubbed() {
+    let (h, state) = setup(&[b"http/1.1"], true).await;
+    let (resp, _send) = h2_websocket(
+        &h,
+        API,
+        "/ws?leak=1",
+        &[
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-extensions", "permessage-deflate"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(resp.headers().get("sec-websocket-extensions").is_none());
+    // Compression was not offered upstream, and the credential was injected.
+    assert!(
+        state
+            .last_headers
+            .lock()
+            .unwrap()
+            .get("sec-websocket-extensions")
+            .is_none()
+    );
+    assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
+    let mut io = TokioIo::new(
+        tokio::time::timeout(T, hyper::upgrade::on(resp))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    // The reflected token (sent in pieces) arrives masked, with its length preserved.
+    let mut got = vec![0u8; REAL.len() + 1];
+    tokio::time::timeout(T, io.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(!got.contains(REAL), "{got}");
+    assert_eq!(got, format!("{};", &PLACEHOLDER[..REAL.len()]));
+    // The echo still works after the scrubbed part (data ending in a possible start of the
+    // secret, like a `g`, would be held back until more arrives).
+    io.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    tokio::time::timeout(T, io.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"hello");
+    let rec = h.sink.wait_for(&format!("https://{API}/ws?leak=1")).await;
+    assert_eq!(rec.status, Some(200));
+    assert_eq!(rec.grant.as_deref(), Some("github"));
+}
+
+#[tokio::test]
+async fn websocket_over_h2_naming_another_host_is_refused() {
+    let (h, state) = setup(&[b"http/1.1"], true).await;
+    let (resp, _send) = h2_websocket(&h, OTHER, "/ws", &[("sec-websocket-version", "13")]).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-moat-blocked"], "authority-mismatch");
+    let body = body_text(resp).await;
+    assert!(body.contains(OTHER), "{body}");
+    assert_eq!(state.hits.load(Ordering::SeqCst), 0);
+    let rec = h.sink.wait_for(&format!("https://{API}/ws")).await;
+    assert_eq!(rec.status, Some(403));
+    assert_eq!(rec.decision, moat_core::egress::RecordDecision::Denied);
+    assert_eq!(rec.reason.as_deref(), Some("authority-mismatch"));
+}
+
+#[tokio::test]
+async fn websocket_over_h2_obeys_path_rules_as_get() {
+    use moat_core::egress::HostRules;
+    use moat_core::egress::PathRule;
+    use moat_core::egress::PolicyMode;
+    use moat_core::host::HostPattern;
+    let ca = TestCa::new();
+    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
+    let policy = EgressPolicy {
+        mode: PolicyMode::Permissive,
+        allow: vec![HostRules {
+            pattern: HostPattern::parse(API).unwrap(),
+            rules: vec![PathRule::parse("deny GET /ws").unwrap()],
+        }],
+    };
+    let h = harness(policy, vec![], upstream_settings(&ca, &[API], addr)).await;
+    let (resp, _send) = h2_websocket(&h, API, "/ws", &[("sec-websocket-version", "13")]).await;
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().contains_key("x-moat-blocked"));
+    assert_eq!(state.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn websocket_over_h2_with_a_wrong_accept_is_a_bad_gateway() {
+    let (h, state) = setup(&[b"http/1.1"], false).await;
+    let (resp, _send) = h2_websocket(
+        &h,
+        API,
+        "/ws?bad_accept=1",
+        &[("sec-websocket-version", "13")],
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-moat-error"], "websocket-handshake-failed");
+    let body = body_text(resp).await;
+    assert!(body.contains("Sec-WebSocket-Accept"), "{body}");
+    assert_eq!(state.hits.load(Ordering::SeqCst), 1);
+    let rec = h
+        .sink
+        .wait_for(&format!("https://{API}/ws?bad_accept=1"))
+        .await;
+    assert_eq!(rec.status, Some(502));
+    assert_eq!(rec.reason.as_deref(), Some("websocket-handshake-failed"));
+}
+
+#[tokio::test]
+async fn websocket_over_h2_relays_refusals_but_never_a_2xx() {
+    let (h, state) = setup(&[b"http/1.1"], true).await;
+    // A 404 from the upstream reaches the client as is.
+    let (resp, _send) = h2_websocket(&h, API, "/nope", &[("sec-websocket-version", "13")]).await;
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().get("x-moat-error").is_none());
+    assert_eq!(body_text(resp).await, "not found");
+    // A 200 would open a tunnel to nothing on the client's CONNECT stream: a 502 instead.
+    let (resp, _send) = h2_websocket(&h, API, "/reflect", &[("sec-websocket-version", "13")]).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-moat-error"], "websocket-handshake-failed");
+    let body = body_text(resp).await;
+    assert!(!body.contains(REAL), "{body}");
+    assert_eq!(state.hits.load(Ordering::SeqCst), 2);
 }

@@ -393,6 +393,26 @@ async fn route(req: Request<Incoming>, st: Arc<UpstreamState>) -> Response<Body>
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             r.headers_mut().insert("upgrade", ok("websocket".parse()));
             r.headers_mut().insert("connection", ok("upgrade".parse()));
+            // RFC 6455 accept for the key received; `?bad_accept=1` answers a wrong one.
+            if let Some(key) = req.headers().get("sec-websocket-key") {
+                let accept = if query.contains_key("bad_accept") {
+                    ws_accept(b"not the key")
+                } else {
+                    ws_accept(key.as_bytes())
+                };
+                r.headers_mut()
+                    .insert("sec-websocket-accept", ok(accept.parse()));
+            }
+            // The first subprotocol offered is chosen.
+            if let Some(first) = req
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+            {
+                r.headers_mut()
+                    .insert("sec-websocket-protocol", ok(first.trim().parse()));
+            }
             r
         }
         _ => {
@@ -401,6 +421,16 @@ async fn route(req: Request<Incoming>, st: Arc<UpstreamState>) -> Response<Body>
             r
         }
     }
+}
+
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2).
+pub(crate) fn ws_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sha = sha1::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
 /// A running proxy with one run.

@@ -1,0 +1,371 @@
+//! WebSocket over HTTP/2 (RFC 8441) on the client side of an intercepted tunnel.
+//!
+//! A client that negotiated h2 opens a WebSocket with an extended CONNECT (`:protocol =
+//! websocket`). The proxy checks it like any inner request, then opens the upstream side as
+//! an HTTP/1.1 WebSocket upgrade (RFC 6455) with a key of its own, verifies the upstream's
+//! `Sec-WebSocket-Accept`, answers the client's stream with `200`, and joins the two with
+//! [`splice`], which scrubs upstream-to-client bytes for credentialed hosts.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use flate2::write::MultiGzDecoder;
+use http::HeaderMap;
+use http::HeaderValue;
+use http::Method;
+use http::Request;
+use http::Response;
+use http::StatusCode;
+use http::Uri;
+use http::Version;
+use http::header;
+use http::uri::PathAndQuery;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use moat_core::egress::Decision;
+use moat_core::egress::RecordDecision;
+use sha1::Digest as _;
+use sha1::Sha1;
+
+use super::Encoding;
+use super::PendingRecord;
+use super::ProxyBody;
+use super::ResponseBody;
+use super::Tunnel;
+use super::check_authority;
+use super::content_encoding;
+use super::deny_response;
+use super::finish_now;
+use super::finish_parts;
+use super::masks;
+use super::new_record;
+use super::normalize_path;
+use super::restrict_accept_encoding;
+use super::send;
+use super::splice;
+use super::strip_hop_by_hop;
+use crate::answer;
+use crate::body::Decode;
+use crate::body::empty;
+use crate::body::redact_headers;
+use crate::inject;
+use crate::inject::Injection;
+use crate::scrub::Scrubber;
+use crate::scrub::scrub_headers;
+
+/// The GUID RFC 6455 appends to `Sec-WebSocket-Key` before hashing it into the accept value.
+const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Whether `req` is an HTTP/2 extended CONNECT (RFC 8441), whatever protocol it names.
+pub(super) fn is_extended_connect(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some()
+}
+
+/// The `Sec-WebSocket-Accept` value a server must answer to `key`.
+pub(super) fn accept_for(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID);
+    BASE64.encode(sha.finalize())
+}
+
+/// Checks the upstream's `101` against RFC 6455 §4.1: it switched to `websocket`, proved it
+/// read `key`, and (for credentialed hosts) enabled no extension, since compressed frames would
+/// hide a reflected credential from the scrubber.
+fn check_switch(headers: &HeaderMap, key: &str, covered: bool) -> Result<(), &'static str> {
+    let websocket = headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    if !websocket {
+        return Err("the upstream switched to a protocol other than websocket");
+    }
+    let expected = accept_for(key.as_bytes());
+    let mut accepts = headers.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == expected.as_bytes() => {}
+        _ => {
+            return Err(
+                "the upstream's Sec-WebSocket-Accept does not match the key moat sent, so it \
+                 did not complete a WebSocket handshake",
+            );
+        }
+    }
+    if covered && headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err("the upstream enabled a WebSocket extension moat did not offer");
+    }
+    Ok(())
+}
+
+fn handshake_failed(what: &str) -> Response<ProxyBody> {
+    answer::error(StatusCode::BAD_GATEWAY, "websocket-handshake-failed", what)
+}
+
+impl Tunnel {
+    /// Serves an HTTP/2 extended CONNECT: checks, injection, the upstream HTTP/1.1 handshake,
+    /// and on success a `200` whose stream is joined to the upstream WebSocket.
+    pub(super) async fn websocket_h2(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let run = &self.run;
+        let target = &self.target;
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let url = format!("https://{}{path}", self.authority);
+        // Policy sees, and the record shows, the `GET` the upstream receives (and an HTTP/1.1
+        // client would have sent): path rules are written for HTTP methods, so `allow GET /ws`
+        // or `deny GET /ws` apply to a WebSocket whichever HTTP version the client speaks.
+        let mut record = new_record(run, "GET", &url, &target.host);
+
+        if !run.active.load(Ordering::SeqCst) {
+            let resp = answer::blocked(
+                "run-ended",
+                "the run this tunnel belonged to has ended",
+                "start a new run to make further requests",
+            );
+            record.decision = RecordDecision::Denied;
+            record.reason = Some("run-ended".into());
+            return finish_now(run, record, start, &req, resp);
+        }
+        if let Err(what) = check_authority(&req, target, &self.authority) {
+            let resp = answer::blocked(
+                "authority-mismatch",
+                &what,
+                "the Host header and :authority must name the host given in CONNECT; \
+                 moat refuses domain fronting",
+            );
+            record.decision = RecordDecision::Denied;
+            record.reason = Some("authority-mismatch".into());
+            return finish_now(run, record, start, &req, resp);
+        }
+        let websocket = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            let resp = answer::error(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported-protocol",
+                "moat carries only `websocket` over HTTP/2 extended CONNECT",
+            );
+            record.reason = Some("unsupported-protocol".into());
+            return finish_now(run, record, start, &req, resp);
+        }
+        let compiled = run.rules();
+        let rules = &compiled.rules;
+        let policy_path = normalize_path(req.uri().path());
+        if let Decision::Deny(reason) =
+            run.decide_request(rules, &target.host, target.port, "GET", &policy_path)
+        {
+            let resp = deny_response(&reason);
+            record.decision = RecordDecision::Denied;
+            record.reason = Some(reason.code().into());
+            return finish_now(run, record, start, &req, resp);
+        }
+
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let covered = inject::covers(rules, &target.host, target.port);
+        let mut headers = std::mem::take(req.headers_mut());
+        drop(req);
+        strip_hop_by_hop(&mut headers, false);
+        // The HTTP/1.1 handshake is the proxy's own: the client's hop has no key to forward.
+        for name in [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::SEC_WEBSOCKET_KEY,
+            header::SEC_WEBSOCKET_ACCEPT,
+            header::SEC_WEBSOCKET_VERSION,
+        ] {
+            headers.remove(name);
+        }
+        if let Injection::Injected(grant) =
+            inject::apply(&compiled, &target.host, target.port, &mut headers)
+        {
+            record.grant = Some(grant);
+        }
+        if covered {
+            restrict_accept_encoding(&mut headers);
+            // Compressed WebSocket frames could hide a reflected credential from the scrubber.
+            headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
+        let key = BASE64.encode(rand::random::<[u8; 16]>());
+        let Ok(key_value) = HeaderValue::from_str(&key) else {
+            let resp = handshake_failed("cannot encode the WebSocket key");
+            record.reason = Some("websocket-handshake-failed".into());
+            return finish_parts(run, record, start, resp, None);
+        };
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(header::SEC_WEBSOCKET_KEY, key_value);
+        let secrets = &compiled.scrub_pairs;
+        let rule_headers = &compiled.headers;
+        record.req_headers = redact_headers(&headers, rule_headers, secrets);
+
+        let uri = self.uri_authority.as_ref().and_then(|authority| {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTPS);
+            uri.authority = Some(authority.clone());
+            uri.path_and_query = Some(path);
+            Uri::from_parts(uri).ok()
+        });
+        let Some(uri) = uri else {
+            let resp = answer::error(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "invalid request target",
+            );
+            record.reason = Some("bad-request".into());
+            return finish_parts(run, record, start, resp, None);
+        };
+        let mut upstream_req = Request::new(empty());
+        *upstream_req.method_mut() = Method::GET;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = headers;
+        let client = self.shared.client_for_upgrade();
+        let resp = match send(&client, upstream_req, self.shared.response_timeout).await {
+            Ok(resp) => resp,
+            Err(answer) => {
+                record.reason = answer
+                    .headers()
+                    .get(answer::ERROR_HEADER)
+                    .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if answer.status() == StatusCode::FORBIDDEN {
+                    record.decision = RecordDecision::Denied;
+                }
+                return finish_parts(run, record, start, answer, None);
+            }
+        };
+        let (mut rparts, rbody) = resp.into_parts();
+
+        if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Err(what) = check_switch(&rparts.headers, &key, covered) {
+                record.reason = Some("websocket-handshake-failed".into());
+                return finish_parts(run, record, start, handshake_failed(what), None);
+            }
+            // RFC 8441 §5: the negotiated subprotocol and extensions travel on the `200`.
+            let mut answer_headers = HeaderMap::new();
+            for name in [
+                header::SEC_WEBSOCKET_PROTOCOL,
+                header::SEC_WEBSOCKET_EXTENSIONS,
+            ] {
+                for value in rparts.headers.get_all(&name) {
+                    answer_headers.append(name.clone(), value.clone());
+                }
+            }
+            if covered {
+                scrub_headers(secrets, &mut answer_headers);
+            }
+            let upstream_upgrade = hyper::upgrade::on(Response::from_parts(rparts, rbody));
+            let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
+            let permit = self.permit.clone();
+            tokio::spawn(async move {
+                splice(client_upgrade, upstream_upgrade, scrubber).await;
+                drop(permit);
+            });
+            let mut resp = Response::new(empty());
+            *resp.headers_mut() = answer_headers;
+            return finish_parts(run, record, start, resp, None);
+        }
+        if rparts.status.is_success() || rparts.status.is_informational() {
+            // A `2xx` on the client's CONNECT stream would open a tunnel to nothing.
+            let what = format!(
+                "the upstream answered {} instead of 101 Switching Protocols",
+                rparts.status
+            );
+            record.reason = Some("websocket-handshake-failed".into());
+            return finish_parts(run, record, start, handshake_failed(&what), None);
+        }
+
+        // Any other answer (a redirect, `401`, `404`, …) goes to the client, scrubbed.
+        strip_hop_by_hop(&mut rparts.headers, false);
+        let mut scrub = None;
+        if covered && !secrets.is_empty() {
+            scrub_headers(secrets, &mut rparts.headers);
+            let bodiless = rparts.status == StatusCode::NO_CONTENT
+                || rparts.status == StatusCode::NOT_MODIFIED;
+            if !bodiless {
+                let decode = match content_encoding(&rparts.headers) {
+                    Encoding::Identity => Decode::Identity,
+                    Encoding::Gzip => Decode::Gzip(Box::new(MultiGzDecoder::new(Vec::new()))),
+                    Encoding::Other => {
+                        let resp = answer::error(
+                            StatusCode::BAD_GATEWAY,
+                            "unscrubbable-encoding",
+                            "the upstream answered with a content encoding moat cannot inspect \
+                             for leaked credentials",
+                        );
+                        record.reason = Some("unscrubbable-encoding".into());
+                        return finish_parts(run, record, start, resp, None);
+                    }
+                };
+                rparts.headers.remove(header::CONTENT_ENCODING);
+                rparts.headers.remove(header::CONTENT_LENGTH);
+                scrub = Some((decode, Scrubber::new(secrets.clone())));
+            }
+        }
+        record.status = Some(rparts.status.as_u16());
+        record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
+        let pending = PendingRecord {
+            sink: run.sink.clone(),
+            record,
+            start,
+            req_bytes: None,
+        };
+        let body = ResponseBody::new(
+            rbody.map_err(Into::into).boxed_unsync(),
+            scrub,
+            Some(pending),
+        );
+        Response::from_parts(rparts, body.boxed_unsync())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn switch_checks() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert_eq!(check_switch(&h, key, true), Ok(()));
+        assert!(check_switch(&h, "AAAAAAAAAAAAAAAAAAAAAA==", false).is_err());
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate"),
+        );
+        assert!(check_switch(&h, key, true).is_err());
+        assert_eq!(check_switch(&h, key, false), Ok(()));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(check_switch(&h, key, false).is_err());
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.append(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert!(check_switch(&h, key, false).is_err());
+    }
+}
