@@ -649,10 +649,27 @@ async fn measure(
     upstream: u32,
     pid: Option<u32>,
 ) -> Stats {
-    let load = phase(args.connections, args.seconds, mode, target, ca, upstream, pid).await;
-    let mut latencies = phase(1, args.seconds.div_ceil(2), mode, target, ca, upstream, None)
-        .await
-        .latencies;
+    let load = phase(
+        args.connections,
+        args.seconds,
+        mode,
+        target,
+        ca,
+        upstream,
+        pid,
+    )
+    .await;
+    let mut latencies = phase(
+        1,
+        args.seconds.div_ceil(2),
+        mode,
+        target,
+        ca,
+        upstream,
+        None,
+    )
+    .await
+    .latencies;
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies

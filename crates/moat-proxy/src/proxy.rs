@@ -1050,41 +1050,11 @@ impl Tunnel {
         let url = format!("https://{}{path}", self.authority);
         let method = req.method().clone();
         let mut record = new_record(run, method.as_str(), &url, &target.host);
-
-        if !run.active.load(Ordering::SeqCst) {
-            let resp = answer::blocked(
-                "run-ended",
-                "the run this tunnel belonged to has ended",
-                "start a new run to make further requests",
-            );
-            record.decision = RecordDecision::Denied;
-            record.reason = Some("run-ended".into());
-            return finish_now(run, record, start, &req, resp);
-        }
-        if let Err(what) = check_authority(&req, target, &self.authority) {
-            let resp = answer::blocked(
-                "authority-mismatch",
-                &what,
-                "the Host header and :authority must name the host given in CONNECT; \
-                 moat refuses domain fronting",
-            );
-            record.decision = RecordDecision::Denied;
-            record.reason = Some("authority-mismatch".into());
-            return finish_now(run, record, start, &req, resp);
-        }
         let compiled = run.rules();
         let rules = &compiled.rules;
-        let policy_path = normalize_path(req.uri().path());
-        if let Decision::Deny(reason) = run.decide_request(
-            rules,
-            &target.host,
-            target.port,
-            method.as_str(),
-            &policy_path,
-        ) {
-            let resp = deny_response(&reason);
+        if let Some((reason, resp)) = self.refusal(&req, rules, method.as_str()) {
             record.decision = RecordDecision::Denied;
-            record.reason = Some(reason.code().into());
+            record.reason = Some(reason);
             return finish_now(run, record, start, &req, resp);
         }
 
@@ -1137,22 +1107,11 @@ impl Tunnel {
         } else {
             &self.shared.client
         };
-        let resp = match send(client, upstream_req, self.shared.response_timeout).await {
+        let resp = match self.send_upstream(client, upstream_req, &mut record).await {
             Ok(resp) => resp,
-            Err(answer) => {
-                record.reason = answer
-                    .headers()
-                    .get(answer::ERROR_HEADER)
-                    .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                if answer.status() == StatusCode::FORBIDDEN {
-                    record.decision = RecordDecision::Denied;
-                }
-                return finish_parts(run, record, start, answer, Some(req_bytes));
-            }
+            Err(answer) => return finish_parts(run, record, start, answer, Some(req_bytes)),
         };
-        let (mut rparts, rbody) = resp.into_parts();
+        let (rparts, rbody) = resp.into_parts();
         if upgrade && rparts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade =
@@ -1174,12 +1133,100 @@ impl Tunnel {
                 Some(req_bytes),
             );
         }
+        let pending = PendingRecord {
+            sink: run.sink.clone(),
+            record,
+            start,
+            req_bytes: Some(req_bytes),
+        };
+        self.answer_client(
+            pending,
+            &compiled,
+            covered,
+            method == Method::HEAD,
+            Response::from_parts(rparts, rbody),
+        )
+        .await
+    }
+
+    /// The checks every inner request passes before anything reaches the upstream: the run is
+    /// still active, the request names the tunnel's host, and policy allows `method` on its
+    /// path. Returns the refusal's reason code and answer.
+    fn refusal(
+        &self,
+        req: &Request<Incoming>,
+        rules: &[InjectionRule],
+        method: &str,
+    ) -> Option<(String, Response<ProxyBody>)> {
+        if !self.run.active.load(Ordering::SeqCst) {
+            let resp = answer::blocked(
+                "run-ended",
+                "the run this tunnel belonged to has ended",
+                "start a new run to make further requests",
+            );
+            return Some(("run-ended".into(), resp));
+        }
+        if let Err(what) = check_authority(req, &self.target, &self.authority) {
+            let resp = answer::blocked(
+                "authority-mismatch",
+                &what,
+                "the Host header and :authority must name the host given in CONNECT; \
+                 moat refuses domain fronting",
+            );
+            return Some(("authority-mismatch".into(), resp));
+        }
+        let path = normalize_path(req.uri().path());
+        let (host, port) = (&self.target.host, self.target.port);
+        match self.run.decide_request(rules, host, port, method, &path) {
+            Decision::Allow => None,
+            Decision::Deny(reason) => Some((reason.code().into(), deny_response(&reason))),
+        }
+    }
+
+    /// Sends `req` upstream. A failure becomes the client's answer (`502`/`504`, or `403` from
+    /// the destination guard) and is noted in `record`.
+    async fn send_upstream(
+        &self,
+        client: &Client<Connector, ProxyBody>,
+        req: Request<ProxyBody>,
+        record: &mut NetworkRecord,
+    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+        let answer = match send(client, req, self.shared.response_timeout).await {
+            Ok(resp) => return Ok(resp),
+            Err(answer) => answer,
+        };
+        record.reason = answer
+            .headers()
+            .get(answer::ERROR_HEADER)
+            .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if answer.status() == StatusCode::FORBIDDEN {
+            record.decision = RecordDecision::Denied;
+        }
+        Err(answer)
+    }
+
+    /// Hands an upstream answer to the client: hop-by-hop headers removed and, for credentialed
+    /// hosts, real values scrubbed from headers and body (small bodies of known length whole,
+    /// keeping a `Content-Length`; others streamed). The record is emitted when the body ends.
+    async fn answer_client(
+        &self,
+        mut pending: PendingRecord,
+        compiled: &CompiledRules,
+        covered: bool,
+        head_request: bool,
+        resp: Response<Incoming>,
+    ) -> Response<ProxyBody> {
+        let (mut rparts, rbody) = resp.into_parts();
+        let secrets = &compiled.scrub_pairs;
+        let run = &self.run;
         strip_hop_by_hop(&mut rparts.headers, false);
         let mut scrub = None;
         let mut rbody = rbody.map_err(Into::into).boxed_unsync();
         if covered && !secrets.is_empty() {
             scrub_headers(secrets, &mut rparts.headers);
-            let bodiless = method == Method::HEAD
+            let bodiless = head_request
                 || rparts.status == StatusCode::NO_CONTENT
                 || rparts.status == StatusCode::NOT_MODIFIED;
             if !bodiless {
@@ -1195,8 +1242,14 @@ impl Tunnel {
                         "the upstream answered with a content encoding moat cannot inspect for \
                          leaked credentials",
                     );
-                    record.reason = Some("unscrubbable-encoding".into());
-                    return finish_parts(run, record, start, resp, Some(req_bytes));
+                    pending.record.reason = Some("unscrubbable-encoding".into());
+                    return finish_parts(
+                        run,
+                        pending.record,
+                        pending.start,
+                        resp,
+                        pending.req_bytes,
+                    );
                 };
                 if matches!(decode, Decode::Identity)
                     && rbody
@@ -1204,8 +1257,6 @@ impl Tunnel {
                         .exact()
                         .is_some_and(|n| n <= SMALL_BODY as u64)
                 {
-                    // A small body of known length is read whole and scrubbed in one pass, so
-                    // the client still gets a Content-Length rather than a chunked stream.
                     match self.small_body(rbody, secrets).await {
                         Ok((len, body)) => {
                             rparts
@@ -1214,12 +1265,18 @@ impl Tunnel {
                             rbody = body;
                         }
                         Err(answer) => {
-                            record.reason = answer
+                            pending.record.reason = answer
                                 .headers()
                                 .get(answer::ERROR_HEADER)
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_owned);
-                            return finish_parts(run, record, start, answer, Some(req_bytes));
+                            return finish_parts(
+                                run,
+                                pending.record,
+                                pending.start,
+                                answer,
+                                pending.req_bytes,
+                            );
                         }
                     }
                 } else {
@@ -1229,14 +1286,8 @@ impl Tunnel {
                 }
             }
         }
-        record.status = Some(rparts.status.as_u16());
-        record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
-        let pending = PendingRecord {
-            sink: run.sink.clone(),
-            record,
-            start,
-            req_bytes: Some(req_bytes),
-        };
+        pending.record.status = Some(rparts.status.as_u16());
+        pending.record.resp_headers = redact_headers(&rparts.headers, &compiled.headers, secrets);
         let body = ResponseBody::new(rbody, scrub, Some(pending));
         Response::from_parts(rparts, body.boxed_unsync())
     }

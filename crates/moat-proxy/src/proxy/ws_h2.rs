@@ -6,12 +6,10 @@
 //! `Sec-WebSocket-Accept`, answers the client's stream with `200`, and joins the two with
 //! [`splice`], which scrubs upstream-to-client bytes for credentialed hosts.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use flate2::write::MultiGzDecoder;
 use http::HeaderMap;
 use http::HeaderValue;
 use http::Method;
@@ -22,32 +20,22 @@ use http::Uri;
 use http::Version;
 use http::header;
 use http::uri::PathAndQuery;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use moat_core::egress::Decision;
 use moat_core::egress::RecordDecision;
 use sha1::Digest as _;
 use sha1::Sha1;
 
-use super::Encoding;
 use super::PendingRecord;
 use super::ProxyBody;
-use super::ResponseBody;
 use super::Tunnel;
-use super::check_authority;
-use super::content_encoding;
-use super::deny_response;
 use super::finish_now;
 use super::finish_parts;
 use super::masks;
 use super::new_record;
-use super::normalize_path;
 use super::restrict_accept_encoding;
-use super::send;
 use super::splice;
 use super::strip_hop_by_hop;
 use crate::answer;
-use crate::body::Decode;
 use crate::body::empty;
 use crate::body::redact_headers;
 use crate::inject;
@@ -119,26 +107,11 @@ impl Tunnel {
         // client would have sent): path rules are written for HTTP methods, so `allow GET /ws`
         // or `deny GET /ws` apply to a WebSocket whichever HTTP version the client speaks.
         let mut record = new_record(run, "GET", &url, &target.host);
-
-        if !run.active.load(Ordering::SeqCst) {
-            let resp = answer::blocked(
-                "run-ended",
-                "the run this tunnel belonged to has ended",
-                "start a new run to make further requests",
-            );
+        let compiled = run.rules();
+        let rules = &compiled.rules;
+        if let Some((reason, resp)) = self.refusal(&req, rules, "GET") {
             record.decision = RecordDecision::Denied;
-            record.reason = Some("run-ended".into());
-            return finish_now(run, record, start, &req, resp);
-        }
-        if let Err(what) = check_authority(&req, target, &self.authority) {
-            let resp = answer::blocked(
-                "authority-mismatch",
-                &what,
-                "the Host header and :authority must name the host given in CONNECT; \
-                 moat refuses domain fronting",
-            );
-            record.decision = RecordDecision::Denied;
-            record.reason = Some("authority-mismatch".into());
+            record.reason = Some(reason);
             return finish_now(run, record, start, &req, resp);
         }
         let websocket = req
@@ -152,17 +125,6 @@ impl Tunnel {
                 "moat carries only `websocket` over HTTP/2 extended CONNECT",
             );
             record.reason = Some("unsupported-protocol".into());
-            return finish_now(run, record, start, &req, resp);
-        }
-        let compiled = run.rules();
-        let rules = &compiled.rules;
-        let policy_path = normalize_path(req.uri().path());
-        if let Decision::Deny(reason) =
-            run.decide_request(rules, &target.host, target.port, "GET", &policy_path)
-        {
-            let resp = deny_response(&reason);
-            record.decision = RecordDecision::Denied;
-            record.reason = Some(reason.code().into());
             return finish_now(run, record, start, &req, resp);
         }
 
@@ -230,22 +192,11 @@ impl Tunnel {
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
         let client = self.shared.client_for_upgrade();
-        let resp = match send(&client, upstream_req, self.shared.response_timeout).await {
+        let resp = match self.send_upstream(&client, upstream_req, &mut record).await {
             Ok(resp) => resp,
-            Err(answer) => {
-                record.reason = answer
-                    .headers()
-                    .get(answer::ERROR_HEADER)
-                    .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                if answer.status() == StatusCode::FORBIDDEN {
-                    record.decision = RecordDecision::Denied;
-                }
-                return finish_parts(run, record, start, answer, None);
-            }
+            Err(answer) => return finish_parts(run, record, start, answer, None),
         };
-        let (mut rparts, rbody) = resp.into_parts();
+        let (rparts, rbody) = resp.into_parts();
 
         if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Err(what) = check_switch(&rparts.headers, &key, covered) {
@@ -287,46 +238,20 @@ impl Tunnel {
         }
 
         // Any other answer (a redirect, `401`, `404`, …) goes to the client, scrubbed.
-        strip_hop_by_hop(&mut rparts.headers, false);
-        let mut scrub = None;
-        if covered && !secrets.is_empty() {
-            scrub_headers(secrets, &mut rparts.headers);
-            let bodiless = rparts.status == StatusCode::NO_CONTENT
-                || rparts.status == StatusCode::NOT_MODIFIED;
-            if !bodiless {
-                let decode = match content_encoding(&rparts.headers) {
-                    Encoding::Identity => Decode::Identity,
-                    Encoding::Gzip => Decode::Gzip(Box::new(MultiGzDecoder::new(Vec::new()))),
-                    Encoding::Other => {
-                        let resp = answer::error(
-                            StatusCode::BAD_GATEWAY,
-                            "unscrubbable-encoding",
-                            "the upstream answered with a content encoding moat cannot inspect \
-                             for leaked credentials",
-                        );
-                        record.reason = Some("unscrubbable-encoding".into());
-                        return finish_parts(run, record, start, resp, None);
-                    }
-                };
-                rparts.headers.remove(header::CONTENT_ENCODING);
-                rparts.headers.remove(header::CONTENT_LENGTH);
-                scrub = Some((decode, Scrubber::new(secrets.clone())));
-            }
-        }
-        record.status = Some(rparts.status.as_u16());
-        record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
         let pending = PendingRecord {
             sink: run.sink.clone(),
             record,
             start,
             req_bytes: None,
         };
-        let body = ResponseBody::new(
-            rbody.map_err(Into::into).boxed_unsync(),
-            scrub,
-            Some(pending),
-        );
-        Response::from_parts(rparts, body.boxed_unsync())
+        self.answer_client(
+            pending,
+            &compiled,
+            covered,
+            false,
+            Response::from_parts(rparts, rbody),
+        )
+        .await
     }
 }
 
