@@ -139,13 +139,7 @@ fn upstream_child(args: &[String]) {
         std::fs::write(&ca_out, ca.as_ref()).unwrap();
         println!("ADDR {addr}");
         std::io::stdout().flush().unwrap();
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 16];
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
+        until_stdin_closes().await;
     });
 }
 
@@ -199,16 +193,20 @@ fn proxy_child(args: &[String]) {
         };
         println!("ADDR {} TOKEN {}", proxy.local_addr(), token.expose());
         std::io::stdout().flush().unwrap();
-        // Serve until the parent closes stdin.
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 16];
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
+        until_stdin_closes().await;
         proxy.shutdown(Duration::from_secs(1)).await;
     });
+}
+
+/// Children serve until the parent closes their stdin.
+async fn until_stdin_closes() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 16];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 #[derive(Default)]

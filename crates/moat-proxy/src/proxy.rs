@@ -1042,14 +1042,8 @@ impl Tunnel {
         let start = Instant::now();
         let run = &self.run;
         let target = &self.target;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let url = format!("https://{}{path}", self.authority);
         let method = req.method().clone();
-        let mut record = new_record(run, method.as_str(), &url, &target.host);
+        let (path, mut record) = self.open_record(&req, method.as_str());
         let compiled = run.rules();
         let rules = &compiled.rules;
         if let Some((reason, resp)) = self.refusal(&req, rules, method.as_str()) {
@@ -1076,27 +1070,9 @@ impl Tunnel {
         let secrets = &compiled.scrub_pairs;
         let rule_headers = &compiled.headers;
         record.req_headers = redact_headers(&parts.headers, rule_headers, secrets);
-        let uri = match &self.uri_authority {
-            Some(authority) => {
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(http::uri::Scheme::HTTPS);
-                uri.authority = Some(authority.clone());
-                uri.path_and_query = Some(path);
-                Uri::from_parts(uri).ok()
-            }
-            None => None,
-        };
-        parts.uri = match uri {
-            Some(u) => u,
-            None => {
-                let resp = answer::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
-                    "invalid request target",
-                );
-                record.reason = Some("bad-request".into());
-                return finish_parts(run, record, start, resp, None);
-            }
+        parts.uri = match self.upstream_uri(path, &mut record) {
+            Ok(u) => u,
+            Err(resp) => return finish_parts(run, record, start, *resp, None),
         };
         parts.version = Version::HTTP_11;
         let req_bytes = Arc::new(AtomicU64::new(0));
@@ -1107,7 +1083,14 @@ impl Tunnel {
         } else {
             &self.shared.client
         };
-        let resp = match self.send_upstream(client, upstream_req, &mut record).await {
+        let resp = match send(
+            client,
+            upstream_req,
+            self.shared.response_timeout,
+            &mut record,
+        )
+        .await
+        {
             Ok(resp) => resp,
             Err(answer) => return finish_parts(run, record, start, answer, Some(req_bytes)),
         };
@@ -1149,6 +1132,42 @@ impl Tunnel {
         .await
     }
 
+    /// The request's path (for the upstream URI) and its record, as `method`.
+    fn open_record(&self, req: &Request<Incoming>, method: &str) -> (PathAndQuery, NetworkRecord) {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let url = format!("https://{}{path}", self.authority);
+        let record = new_record(&self.run, method, &url, &self.target.host);
+        (path, record)
+    }
+
+    /// `https://<tunnel authority><path>`, the URI the upstream is asked for; an invalid one
+    /// is answered `400` and noted in `record`.
+    fn upstream_uri(
+        &self,
+        path: PathAndQuery,
+        record: &mut NetworkRecord,
+    ) -> Result<Uri, Box<Response<ProxyBody>>> {
+        let uri = self.uri_authority.as_ref().and_then(|authority| {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTPS);
+            uri.authority = Some(authority.clone());
+            uri.path_and_query = Some(path);
+            Uri::from_parts(uri).ok()
+        });
+        uri.ok_or_else(|| {
+            record.reason = Some("bad-request".into());
+            Box::new(answer::error(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "invalid request target",
+            ))
+        })
+    }
+
     /// The checks every inner request passes before anything reaches the upstream: the run is
     /// still active, the request names the tunnel's host, and policy allows `method` on its
     /// path. Returns the refusal's reason code and answer.
@@ -1181,30 +1200,6 @@ impl Tunnel {
             Decision::Allow => None,
             Decision::Deny(reason) => Some((reason.code().into(), deny_response(&reason))),
         }
-    }
-
-    /// Sends `req` upstream. A failure becomes the client's answer (`502`/`504`, or `403` from
-    /// the destination guard) and is noted in `record`.
-    async fn send_upstream(
-        &self,
-        client: &Client<Connector, ProxyBody>,
-        req: Request<ProxyBody>,
-        record: &mut NetworkRecord,
-    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
-        let answer = match send(client, req, self.shared.response_timeout).await {
-            Ok(resp) => return Ok(resp),
-            Err(answer) => answer,
-        };
-        record.reason = answer
-            .headers()
-            .get(answer::ERROR_HEADER)
-            .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if answer.status() == StatusCode::FORBIDDEN {
-            record.decision = RecordDecision::Denied;
-        }
-        Err(answer)
     }
 
     /// Hands an upstream answer to the client: hop-by-hop headers removed and, for credentialed
@@ -1401,18 +1396,16 @@ async fn handle_plain(
     let req_bytes = Arc::new(AtomicU64::new(0));
     let upstream_req =
         Request::from_parts(parts, Counting::new(body, req_bytes.clone()).boxed_unsync());
-    let resp = match send(&shared.client, upstream_req, shared.response_timeout).await {
+    let resp = match send(
+        &shared.client,
+        upstream_req,
+        shared.response_timeout,
+        &mut record,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(answer) => {
-            record.reason = answer
-                .headers()
-                .get(answer::ERROR_HEADER)
-                .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            if answer.status() == StatusCode::FORBIDDEN {
-                record.decision = RecordDecision::Denied;
-            }
             return finish_parts(&run, record, start, answer, Some(req_bytes));
         }
     };
@@ -1435,20 +1428,33 @@ async fn handle_plain(
 }
 
 /// Sends a request upstream; failures become the proxy's own answers.
+/// Sends `req` upstream. A failure becomes the client's answer (`502`/`504`, or `403` from the
+/// destination guard) and is noted in `record`.
 async fn send(
     client: &Client<Connector, ProxyBody>,
     req: Request<ProxyBody>,
     timeout: Duration,
+    record: &mut NetworkRecord,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(upstream_failure(&e)),
-        Err(_) => Err(answer::error(
+    let answer = match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(resp)) => return Ok(resp),
+        Ok(Err(e)) => upstream_failure(&e),
+        Err(_) => answer::error(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream-timeout",
             "the upstream did not answer in time",
-        )),
+        ),
+    };
+    record.reason = answer
+        .headers()
+        .get(answer::ERROR_HEADER)
+        .or_else(|| answer.headers().get(answer::BLOCKED_HEADER))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if answer.status() == StatusCode::FORBIDDEN {
+        record.decision = RecordDecision::Denied;
     }
+    Err(answer)
 }
 
 fn upstream_failure(e: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {

@@ -16,10 +16,8 @@ use http::Method;
 use http::Request;
 use http::Response;
 use http::StatusCode;
-use http::Uri;
 use http::Version;
 use http::header;
-use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use moat_core::egress::RecordDecision;
 use sha1::Digest as _;
@@ -31,8 +29,8 @@ use super::Tunnel;
 use super::finish_now;
 use super::finish_parts;
 use super::masks;
-use super::new_record;
 use super::restrict_accept_encoding;
+use super::send;
 use super::splice;
 use super::strip_hop_by_hop;
 use crate::answer;
@@ -97,16 +95,10 @@ impl Tunnel {
         let start = Instant::now();
         let run = &self.run;
         let target = &self.target;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let url = format!("https://{}{path}", self.authority);
         // Policy sees, and the record shows, the `GET` the upstream receives (and an HTTP/1.1
         // client would have sent): path rules are written for HTTP methods, so `allow GET /ws`
         // or `deny GET /ws` apply to a WebSocket whichever HTTP version the client speaks.
-        let mut record = new_record(run, "GET", &url, &target.host);
+        let (path, mut record) = self.open_record(&req, "GET");
         let compiled = run.rules();
         let rules = &compiled.rules;
         if let Some((reason, resp)) = self.refusal(&req, rules, "GET") {
@@ -170,21 +162,9 @@ impl Tunnel {
         let rule_headers = &compiled.headers;
         record.req_headers = redact_headers(&headers, rule_headers, secrets);
 
-        let uri = self.uri_authority.as_ref().and_then(|authority| {
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTPS);
-            uri.authority = Some(authority.clone());
-            uri.path_and_query = Some(path);
-            Uri::from_parts(uri).ok()
-        });
-        let Some(uri) = uri else {
-            let resp = answer::error(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "invalid request target",
-            );
-            record.reason = Some("bad-request".into());
-            return finish_parts(run, record, start, resp, None);
+        let uri = match self.upstream_uri(path, &mut record) {
+            Ok(u) => u,
+            Err(resp) => return finish_parts(run, record, start, *resp, None),
         };
         let mut upstream_req = Request::new(empty());
         *upstream_req.method_mut() = Method::GET;
@@ -192,7 +172,14 @@ impl Tunnel {
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = headers;
         let client = self.shared.client_for_upgrade();
-        let resp = match self.send_upstream(&client, upstream_req, &mut record).await {
+        let resp = match send(
+            &client,
+            upstream_req,
+            self.shared.response_timeout,
+            &mut record,
+        )
+        .await
+        {
             Ok(resp) => resp,
             Err(answer) => return finish_parts(run, record, start, answer, None),
         };

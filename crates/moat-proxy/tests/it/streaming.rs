@@ -78,15 +78,7 @@ async fn websocket_upgrade_passes_through() {
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
-    for msg in [&b"hello"[..], b"second frame", &[0u8, 1, 2, 255]] {
-        tls.write_all(msg).await.unwrap();
-        let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(T, tls.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, msg);
-    }
+    echoes(&mut tls, &[b"hello", b"second frame", &[0u8, 1, 2, 255]]).await;
     let rec = h.sink.wait_for(&format!("https://{API}/ws")).await;
     assert_eq!(rec.status, Some(101));
 }
@@ -183,15 +175,7 @@ async fn websocket_streams_from_credentialed_hosts_are_scrubbed() {
     }
     assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
     // Compression was not offered upstream, and the credential was injected.
-    assert!(
-        state
-            .last_headers
-            .lock()
-            .unwrap()
-            .get("sec-websocket-extensions")
-            .is_none()
-    );
-    assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
+    assert_no_compression_and_real_credential(&state);
     // The reflected token (sent in pieces) arrives masked, with its length preserved.
     let mut got = vec![0u8; REAL.len() + 1];
     tokio::time::timeout(T, tls.read_exact(&mut got))
@@ -298,16 +282,7 @@ async fn websocket_over_h2_reaches_an_http1_upstream() {
             .unwrap(),
     );
     let frame = masked_text_frame(b"hello over h2");
-    for msg in [&frame[..], b"raw bytes", &[0u8, 1, 2, 255]] {
-        io.write_all(msg).await.unwrap();
-        io.flush().await.unwrap();
-        let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(T, io.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, msg);
-    }
+    echoes(&mut io, &[&frame[..], b"raw bytes", &[0u8, 1, 2, 255]]).await;
     let rec = h.sink.wait_for(&format!("https://{API}/ws?x=1")).await;
     assert_eq!(rec.status, Some(200));
     assert_eq!(rec.method, "GET");
@@ -330,15 +305,7 @@ async fn websocket_over_h2_from_credentialed_hosts_is_scrubbed() {
     assert_eq!(resp.status(), 200, "{:?}", resp.headers());
     assert!(resp.headers().get("sec-websocket-extensions").is_none());
     // Compression was not offered upstream, and the credential was injected.
-    assert!(
-        state
-            .last_headers
-            .lock()
-            .unwrap()
-            .get("sec-websocket-extensions")
-            .is_none()
-    );
-    assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
+    assert_no_compression_and_real_credential(&state);
     let mut io = TokioIo::new(
         tokio::time::timeout(T, hyper::upgrade::on(resp))
             .await
@@ -443,4 +410,33 @@ async fn websocket_over_h2_relays_refusals_but_never_a_2xx() {
     let body = body_text(resp).await;
     assert!(!body.contains(REAL), "{body}");
     assert_eq!(state.hits.load(Ordering::SeqCst), 2);
+}
+
+/// Each message written to an upgraded stream comes back unchanged from the echoing upstream.
+async fn echoes(
+    io: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    msgs: &[&[u8]],
+) {
+    for msg in msgs {
+        io.write_all(msg).await.unwrap();
+        io.flush().await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(T, io.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, msg);
+    }
+}
+
+fn assert_no_compression_and_real_credential(state: &UpstreamState) {
+    assert!(
+        state
+            .last_headers
+            .lock()
+            .unwrap()
+            .get("sec-websocket-extensions")
+            .is_none()
+    );
+    assert_eq!(state.seen_auth(), Some(format!("Bearer {REAL}")));
 }
