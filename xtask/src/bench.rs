@@ -162,8 +162,9 @@ fn cargo_release(args: &[&str]) -> Result<()> {
 }
 
 /// The proxy benchmark: our load generator against a local TLS upstream directly, through
-/// moat-proxy with injection, and through mitmproxy with an equivalent header-injecting addon
-/// (installed from PyPI into a throwaway virtualenv), then leaf minting.
+/// moat-proxy with injection, through mitmproxy with an equivalent header-injecting addon
+/// (installed from PyPI into a throwaway virtualenv) and through the bare hyper/rustls stack
+/// moat-proxy is built on (the machine's floor), then leaf minting.
 fn proxy(args: &[&str]) -> Result<()> {
     let mut mitm = true;
     let mut loadgen: Vec<String> = [
@@ -175,6 +176,7 @@ fn proxy(args: &[&str]) -> Result<()> {
         "--example",
         "loadgen",
         "--",
+        "--floor",
     ]
     .iter()
     .map(|s| (*s).to_owned())

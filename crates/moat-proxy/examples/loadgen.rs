@@ -1,14 +1,17 @@
 //! Load generator: keep-alive HTTPS through a CONNECT proxy against a local TLS upstream.
 //!
-//! Measures the same upstream directly, through moat-proxy (with credential injection, in a
-//! child process so its memory can be read), and through mitmproxy with an equivalent
-//! header-injecting addon when `mitmdump` is available (`--mitmdump PATH`, or on `PATH`).
+//! Measures, in interleaved rounds, the same upstream (a child process) directly, through
+//! moat-proxy with credential injection (a child process, on a dedicated thread as `moat run`
+//! starts it), through mitmproxy with an equivalent header-injecting addon when `mitmdump` is
+//! available (`--mitmdump PATH`, or on `PATH`), and with `--floor` through the bare
+//! hyper/rustls stack moat-proxy is built on. Reports requests/s, latency, RSS and the CPU time
+//! per request of every process.
 //!
 //! ```text
-//! cargo run --release -p moat-proxy --example loadgen -- [--seconds 5] [--connections 64] [--mitmdump PATH]
+//! cargo run --release -p moat-proxy --example loadgen -- [--rounds 3] [--seconds 3] [--connections 64] [--floor] [--mitmdump PATH]
 //! ```
 //!
-//! Prints a table and the lines `throughput ratio proxy/direct: X.XX` and
+//! Prints the lines `throughput ratio proxy/direct: X.XX` and
 //! `throughput ratio proxy/mitmproxy: Y.YY`.
 
 #![expect(
@@ -61,6 +64,7 @@ const REAL: &str = "ghp_REALVALUE11111111111111111111111";
 
 struct Args {
     seconds: u64,
+    floor: bool,
     rounds: usize,
     connections: usize,
     mitmdump: Option<PathBuf>,
@@ -71,6 +75,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         seconds: 3,
+        floor: false,
         rounds: 3,
         connections: 64,
         mitmdump: None,
@@ -87,12 +92,14 @@ fn parse_args() -> Args {
             }
             "--mitmdump" => args.mitmdump = it.next().map(PathBuf::from),
             "--upstream-h1-only" => args.upstream_h1_only = true,
+            "--floor" => args.floor = true,
             "--proxy-threads" => args.proxy_threads = it.next().and_then(|v| v.parse().ok()),
             other => {
                 eprintln!(
                     "unknown argument `{other}`; use --seconds N, --rounds N, --connections N, \
-                     --mitmdump PATH, --upstream-h1-only, --proxy-threads N (instead of the \
-                     dedicated proxy thread moat uses)"
+                     --mitmdump PATH, --upstream-h1-only, --floor (also measure the bare \
+                     hyper/rustls stack without moat's work), --proxy-threads N (instead of \
+                     the dedicated proxy thread moat uses)"
                 );
                 std::process::exit(2);
             }
@@ -108,6 +115,10 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--proxy-child") {
         proxy_child(&argv[2..]);
+        return;
+    }
+    if argv.get(1).map(String::as_str) == Some("--bare-child") {
+        bare_child(&argv[2..]);
         return;
     }
     if argv.get(1).map(String::as_str) == Some("--upstream-child") {
@@ -195,6 +206,104 @@ fn proxy_child(args: &[String]) {
         std::io::stdout().flush().unwrap();
         until_stdin_closes().await;
         proxy.shutdown(Duration::from_secs(1)).await;
+    });
+}
+
+/// The floor: `--bare-child <upstream-port> <upstream-ca.der> <ca-out.pem>`. The same stack as
+/// moat-proxy (hyper's HTTP/1.1 server over rustls towards the client, one hyper HTTP/2
+/// connection over rustls to the upstream, a dedicated thread with a single-threaded runtime)
+/// with none of moat's work: no authentication, policy, records or scrubbing, a header set
+/// blindly. It answers what this stack costs by itself on this machine; it is not a proxy
+/// anyone should run.
+fn bare_child(args: &[String]) {
+    let port: u16 = args[0].parse().unwrap();
+    let ca_der = CertificateDer::from(std::fs::read(&args[1]).unwrap());
+    let ca_out = PathBuf::from(&args[2]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let ca = moat_proxy::CertificateAuthority::generate().unwrap();
+        std::fs::write(&ca_out, ca.cert_pem()).unwrap();
+        let server = ca.server_config("127.0.0.1").await.unwrap();
+        let mut server = (*server).clone();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        // One HTTP/2 connection to the upstream, shared by every request.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("ADDR {} TOKEN -", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        let authority = format!("127.0.0.1:{port}");
+        let serve = async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, sender, authority) =
+                    (acceptor.clone(), sender.clone(), authority.clone());
+                tokio::spawn(async move {
+                    // The CONNECT head, answered without looking at it.
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if tcp.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    if tcp.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let bearer = http::HeaderValue::from_str(&format!("Bearer {REAL}")).unwrap();
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let mut sender = sender.clone();
+                        let bearer = bearer.clone();
+                        let uri = format!("https://{authority}{}", req.uri().path());
+                        async move {
+                            let (mut parts, body) = req.into_parts();
+                            parts.uri = uri.parse().unwrap();
+                            parts.version = http::Version::HTTP_2;
+                            parts.headers.remove(http::header::HOST);
+                            parts.headers.insert(http::header::AUTHORIZATION, bearer);
+                            sender.send_request(Request::from_parts(parts, body)).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = until_stdin_closes() => {}
+        }
     });
 }
 
@@ -297,10 +406,10 @@ async fn run(args: Args) {
     let mut command = match words.next() {
         Some(program) => {
             let mut c = Command::new(program);
-            c.args(words).arg(exe);
+            c.args(words).arg(&exe);
             c
         }
-        None => Command::new(exe),
+        None => Command::new(&exe),
     };
     let mut child = command
         .arg("--proxy-child")
@@ -347,6 +456,32 @@ async fn run(args: Args) {
             }
         }
         None => eprintln!("mitmdump not found; pass --mitmdump PATH to compare with mitmproxy"),
+    }
+    if args.floor {
+        let bare_ca_path = dir.join("bare-ca.pem");
+        let mut child = Command::new(&exe)
+            .arg("--bare-child")
+            .arg(upstream_addr.port().to_string())
+            .arg(&ca_der_path)
+            .arg(&bare_ca_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = read_line(&mut child);
+        let addr: SocketAddr = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected child output: {line}"));
+        proxies.push(ProxyUnderTest {
+            name: "bare stack",
+            child,
+            addr,
+            auth: None,
+            ca: load_pem_cert(&bare_ca_path),
+            rounds: Vec::new(),
+        });
     }
 
     // Interleaved rounds, so that drift in the machine's speed touches every contender alike.
@@ -455,7 +590,14 @@ async fn run(args: Args) {
         "added p50 latency: {:.3} ms",
         median(moat.rounds.iter().map(|s| s.p50_ms)) - direct_p50
     );
-    match proxies.get(1) {
+    if let Some(bare) = proxies.iter().find(|p| p.name == "bare stack") {
+        println!(
+            "throughput ratio bare stack/direct: {:.2} (the same hyper/rustls stack without \
+             moat's work)",
+            median(bare.rounds.iter().map(|s| s.rps)) / direct_rps
+        );
+    }
+    match proxies.iter().find(|p| p.name == "mitmproxy") {
         Some(m) => println!(
             "throughput ratio proxy/mitmproxy: {:.2}",
             moat_rps / median(m.rounds.iter().map(|s| s.rps))
