@@ -231,19 +231,10 @@ fn bare_child(args: &[String]) {
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         // One HTTP/2 connection to the upstream, shared by every request.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca_der).unwrap();
-        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        client.alpn_protocols = vec![b"h2".to_vec()];
+        let client = client_config(ca_der, &[b"h2"]);
         let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         tcp.set_nodelay(true).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        let tls = tokio_rustls::TlsConnector::from(client)
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
             .await
             .unwrap();
@@ -305,6 +296,21 @@ fn bare_child(args: &[String]) {
             () = until_stdin_closes() => {}
         }
     });
+}
+
+/// A TLS client configuration trusting only `ca`, offering `alpn`.
+fn client_config(ca: CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 /// Children serve until the parent closes their stdin.
@@ -691,18 +697,9 @@ async fn open_tunnel(
         }
         head.push(b[0]);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).map_err(std::io::Error::other)?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(std::io::Error::other)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_config(ca.clone(), &[b"http/1.1"]);
     let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -741,17 +738,9 @@ async fn handshake_only(
         }
         head.push(b[0]);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).map_err(std::io::Error::other)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(std::io::Error::other)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_config(ca.clone(), &[]);
     let name = ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
-    let _tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let _tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await?;
     Ok(())
@@ -926,18 +915,9 @@ async fn worker(
         }
     };
     tcp.set_nodelay(true).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_config(ca, &[b"http/1.1"]);
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .unwrap();
