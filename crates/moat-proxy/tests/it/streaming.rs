@@ -199,25 +199,59 @@ async fn h2_websocket(
     http::Response<hyper::body::Incoming>,
     hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 ) {
+    let mut send = h2_connection(h).await;
+    let resp = extended_connect(&mut send, authority, path, headers, "websocket").await;
+    (resp, send)
+}
+
+/// An intercepted HTTP/2 connection to the test API host.
+async fn h2_connection(h: &Harness) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let tls = h.tls(&format!("{API}:443"), API, &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) =
+    let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
             .unwrap();
     tokio::spawn(conn);
+    send
+}
+
+/// An extended CONNECT (RFC 8441) for `protocol` on an HTTP/2 connection.
+async fn extended_connect(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    protocol: &'static str,
+) -> http::Response<hyper::body::Incoming> {
     let mut req = http::Request::connect(format!("https://{authority}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let mut req = req.body(Full::new(Bytes::new())).unwrap();
     req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let resp = tokio::time::timeout(T, send.send_request(req))
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    tokio::time::timeout(T, send.send_request(req))
         .await
         .unwrap()
-        .unwrap();
-    (resp, send)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn websocket_over_h2_checks_the_run_and_the_protocol() {
+    let (h, state) = setup(&[b"http/1.1"], true).await;
+    let mut send = h2_connection(&h).await;
+    let version = [("sec-websocket-version", "13")];
+    // Only `websocket` is carried over extended CONNECT.
+    let resp = extended_connect(&mut send, API, "/ws", &version, "connect-udp").await;
+    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.headers()["x-moat-error"], "unsupported-protocol");
+    // On a tunnel whose run has ended, nothing more goes through.
+    assert!(h.proxy.remove_run(&h.token));
+    let resp = extended_connect(&mut send, API, "/ws", &version, "websocket").await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-moat-blocked"], "run-ended");
+    assert_eq!(state.hits.load(Ordering::SeqCst), 0);
 }
 
 /// A masked client text frame (RFC 6455 §5.2) carrying `payload` (under 126 bytes).
