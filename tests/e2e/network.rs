@@ -20,7 +20,7 @@ fn github() -> TlsUpstream {
             .get("authorization")
             .cloned()
             .unwrap_or_default();
-        match req.path.as_str() {
+        match req.path.split('?').next().unwrap_or_default() {
             "/user" if auth == format!("Bearer {TOKEN}") => {
                 Reply::json(200, &serde_json::json!({"login": "octocat", "id": 1}))
             }
@@ -166,6 +166,48 @@ fn requests_are_traced_while_the_run_is_live() {
         "recorded before exit"
     );
     assert!(net.run(&["stop", "live"]).status.success());
+}
+
+#[test]
+fn concurrent_requests_are_all_injected_recorded_and_audited() {
+    require_docker();
+    let net = Net::new();
+    // 40 requests in parallel from one run, each answered only with the real token.
+    let out = net.run(&[
+        "run",
+        "-n",
+        "many",
+        "--grant",
+        "github",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 40); do curl -s -o /dev/null -w '%{http_code}\\n' \
+         https://api.github.com/user?i=$i & done; wait",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let codes = text(&out.stdout);
+    assert_eq!(codes.lines().filter(|l| *l == "200").count(), 40, "{codes}");
+    // One record per request in network.jsonl, none lost, each with the grant.
+    let out = net.run(&["trace", "--network", "--json", "many"]);
+    let records: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut urls: Vec<String> = records
+        .iter()
+        .filter(|r| r["status"] == 200 && r["grant"] == "github")
+        .map(|r| r["url"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), 40, "{records:?}");
+    // And one signed audit event per request (plus one per injection), the log intact.
+    let out = net.run(&["audit", "--json", "many"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "intact", "{report}");
+    assert_eq!(report["event_types"]["network.request"], 40, "{report}");
+    assert_eq!(report["event_types"]["credential.injected"], 40, "{report}");
 }
 
 fn first_run_id(env: &TestEnv) -> String {
