@@ -174,6 +174,23 @@ impl ResponseBody {
         Ok(scrubber.push(plain))
     }
 
+    /// What one transformed chunk gives the client: nothing yet (`None`), a data frame, or an
+    /// error that ends the body (and emits its record).
+    fn emit(&mut self, out: Result<Bytes, BoxError>) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match out {
+            Ok(out) if out.is_empty() => None,
+            Ok(out) => {
+                self.sent += out.len() as u64;
+                Some(Ok(Frame::data(out)))
+            }
+            Err(e) => {
+                self.done = true;
+                self.finish();
+                Some(Err(e))
+            }
+        }
+    }
+
     /// Flushes decoder and scrubber at end of stream.
     fn drain(&mut self) -> Result<Bytes, BoxError> {
         let Some((decode, scrubber)) = &mut self.scrub else {
@@ -209,18 +226,11 @@ impl Body for ResponseBody {
             if !this.pending_in.is_empty() {
                 let take = this.pending_in.len().min(GZIP_SLICE);
                 let slice = this.pending_in.split_to(take);
-                match this.transform(slice) {
-                    Ok(out) if out.is_empty() => continue,
-                    Ok(out) => {
-                        this.sent += out.len() as u64;
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                    Err(e) => {
-                        this.done = true;
-                        this.finish();
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                let out = this.transform(slice);
+                if let Some(frame) = this.emit(out) {
+                    return Poll::Ready(Some(frame));
                 }
+                continue;
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -236,18 +246,12 @@ impl Body for ResponseBody {
                         this.pending_in = data;
                         continue;
                     }
-                    Ok(data) => match this.transform(data) {
-                        Ok(out) if out.is_empty() => continue,
-                        Ok(out) => {
-                            this.sent += out.len() as u64;
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                    Ok(data) => {
+                        let out = this.transform(data);
+                        if let Some(frame) = this.emit(out) {
+                            return Poll::Ready(Some(frame));
                         }
-                        Err(e) => {
-                            this.done = true;
-                            this.finish();
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                    },
+                    }
                     Err(mut frame) => {
                         if let (Some((_, scrubber)), Some(trailers)) =
                             (&this.scrub, frame.trailers_mut())

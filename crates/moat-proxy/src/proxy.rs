@@ -774,6 +774,30 @@ fn handle_connect(
     Response::new(empty())
 }
 
+/// Drives one pinned, intercepted connection until it ends, the proxy shuts down, or it has
+/// been idle for `idle`; the last two ask it to finish its in-flight requests first. (A macro
+/// rather than a generic function: the HTTP/1.1 and HTTP/2 connection types share no trait
+/// for graceful shutdown, and a generic async function over them trips the compiler's `Send`
+/// inference for the spawned task.)
+macro_rules! serve_session {
+    ($conn:ident, $shutdown:ident, $activity:ident, $idle:expr) => {{
+        let idle = $idle;
+        let mut shutdown = $shutdown;
+        tokio::select! {
+            _ = $conn.as_mut() => {}
+            () = shutdown_signal(&mut shutdown) => {
+                $conn.as_mut().graceful_shutdown();
+                let _ = $conn.await;
+            }
+            () = $activity.idle_for(idle) => {
+                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
+                $conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(idle.min(Duration::from_secs(10)), $conn).await;
+            }
+        }
+    }};
+}
+
 async fn intercept(
     shared: Arc<Shared>,
     run: Arc<RunContext>,
@@ -862,7 +886,7 @@ async fn intercept(
         inner: tls,
         activity: activity.clone(),
     });
-    let mut shutdown = shared.shutdown.clone();
+    let shutdown = shared.shutdown.clone();
     let limits = &shared.limits;
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -876,18 +900,7 @@ async fn intercept(
             .enable_connect_protocol();
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown_signal(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-            _ = activity.idle_for(limits.idle_timeout) => {
-                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(limits.idle_timeout.min(Duration::from_secs(10)), conn).await;
-            }
-        }
+        serve_session!(conn, shutdown, activity, limits.idle_timeout);
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -896,18 +909,7 @@ async fn intercept(
             .max_buf_size(limits.max_header_bytes.max(8192));
         let conn = builder.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown_signal(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-            _ = activity.idle_for(limits.idle_timeout) => {
-                // A silent peer may never acknowledge an HTTP/2 GOAWAY: bound the goodbye.
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(limits.idle_timeout.min(Duration::from_secs(10)), conn).await;
-            }
-        }
+        serve_session!(conn, shutdown, activity, limits.idle_timeout);
     }
 }
 
