@@ -298,6 +298,37 @@ fn bare_child(args: &[String]) {
     });
 }
 
+/// A CONNECT tunnel through `proxy` to `target`, the proxy's `200` read.
+async fn connect_tunnel(
+    proxy: SocketAddr,
+    target: &str,
+    auth: Option<&str>,
+) -> std::io::Result<TcpStream> {
+    let mut tcp = TcpStream::connect(proxy).await?;
+    let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(a) = auth {
+        req.push_str(&format!("Proxy-Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut b).await? == 0 {
+            return Err(std::io::Error::other("the proxy closed the tunnel"));
+        }
+        head.push(b[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!(
+            "tunnel refused: {}",
+            String::from_utf8_lossy(&head)
+        )));
+    }
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
 /// A TLS client configuration trusting only `ca`, offering `alpn`.
 fn client_config(ca: CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
@@ -684,19 +715,7 @@ async fn open_tunnel(
     ca: &CertificateDer<'static>,
     auth: &str,
 ) -> std::io::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let mut tcp = TcpStream::connect(proxy).await?;
-    let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if tcp.read(&mut b).await? == 0 {
-            return Err(std::io::Error::other("tunnel refused"));
-        }
-        head.push(b[0]);
-    }
+    let tcp = connect_tunnel(proxy, target, Some(auth)).await?;
     let config = client_config(ca.clone(), &[b"http/1.1"]);
     let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
     let tls = tokio_rustls::TlsConnector::from(config)
@@ -725,19 +744,7 @@ async fn handshake_only(
     ca: &CertificateDer<'static>,
     auth: &str,
 ) -> std::io::Result<()> {
-    let mut tcp = TcpStream::connect(proxy).await?;
-    let req = format!(
-        "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: {auth}\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if tcp.read(&mut b).await? == 0 {
-            return Err(std::io::Error::other("tunnel refused"));
-        }
-        head.push(b[0]);
-    }
+    let tcp = connect_tunnel(proxy, &format!("{host}:443"), Some(auth)).await?;
     let config = client_config(ca.clone(), &[]);
     let name = ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
     let _tls = tokio_rustls::TlsConnector::from(config)
@@ -895,24 +902,9 @@ async fn worker(
 ) -> Vec<Duration> {
     let tcp = match &mode {
         Mode::Direct => TcpStream::connect(target).await.unwrap(),
-        Mode::Proxy { addr, auth } => {
-            let mut tcp = TcpStream::connect(addr).await.unwrap();
-            let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-            if let Some(a) = auth {
-                req.push_str(&format!("Proxy-Authorization: {a}\r\n"));
-            }
-            req.push_str("\r\n");
-            tcp.write_all(req.as_bytes()).await.unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                let n = tcp.read(&mut b).await.unwrap();
-                assert_eq!(n, 1, "proxy closed the tunnel");
-                head.push(b[0]);
-            }
-            assert!(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"));
-            tcp
-        }
+        Mode::Proxy { addr, auth } => connect_tunnel(*addr, target, auth.as_deref())
+            .await
+            .unwrap(),
     };
     tcp.set_nodelay(true).unwrap();
     let config = client_config(ca, &[b"http/1.1"]);
