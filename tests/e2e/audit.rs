@@ -69,6 +69,62 @@ fn an_intact_run_verifies_and_its_events_are_recorded() {
 }
 
 #[test]
+fn a_rollback_is_caught_by_the_witness_and_the_witness_cannot_be_garbled() {
+    require_docker();
+    let env = TestEnv::new();
+    let (id, log) = audited_run(&env, "rb");
+    let witness = log.with_file_name("audit.witness.json");
+    let original = entry_lines(&log);
+    // Cut the log back to before its closing checkpoint, as if the writer had been killed
+    // there: every remaining entry chains correctly.
+    let rolled_back = original[..3].join("\n") + "\n";
+    std::fs::write(&log, &rolled_back).unwrap();
+    let (code, shown) = audit(&env, &[&id]);
+    assert_eq!(code, Some(1), "the witness exposes the rollback: {shown}");
+    assert!(shown.contains("TAMPERED"), "{shown}");
+    // A garbled witness is itself tampering, not a reason to skip the check.
+    let kept = std::fs::read(&witness).unwrap();
+    std::fs::write(&witness, b"{\"not\": \"a checkpoint\"}").unwrap();
+    let (code, shown) = audit(&env, &[&id]);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains("TAMPERED") && shown.contains("audit.witness.json"),
+        "{shown}"
+    );
+    // Without the witness, the rolled-back log looks unfinished, and moat says what that means.
+    std::fs::remove_file(&witness).unwrap();
+    let (code, shown) = audit(&env, &[&id]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("rollback cannot be ruled out"), "{shown}");
+    std::fs::write(&witness, kept).unwrap();
+    std::fs::write(&log, original.join("\n") + "\n").unwrap();
+    assert_eq!(audit(&env, &[&id]).0, Some(0));
+}
+
+#[test]
+fn checking_evidence_never_creates_a_new_signing_key() {
+    require_docker();
+    let env = TestEnv::new();
+    let (id, _) = audited_run(&env, "k");
+    let key = env.home.path().join("audit").join("signing.key");
+    std::fs::remove_file(&key).unwrap();
+    let (code, shown) = audit(&env, &[&id]);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("signing.key"), "{shown}");
+    let out = env.run(&["destroy", &id]);
+    assert!(
+        !out.status.success(),
+        "no key, no archive: {}",
+        text(&out.stderr)
+    );
+    assert!(!key.exists(), "a read must not mint a new signer");
+    assert!(
+        env.home.path().join("runs").join(&id).exists(),
+        "the evidence was kept"
+    );
+}
+
+#[test]
 fn edited_deleted_swapped_and_truncated_logs_are_tampered() {
     require_docker();
     let env = TestEnv::new();

@@ -28,6 +28,14 @@ pub(crate) fn key_path(ctx: &Context) -> PathBuf {
     ctx.home.join("audit").join("signing.key")
 }
 
+/// The installation's public key, read without creating a key: checking or archiving evidence
+/// must never mint a new signer (every log would then look foreign).
+pub(crate) fn installation_public_key(
+    ctx: &Context,
+) -> Result<moat_audit::PublicKey, moat_audit::KeyError> {
+    AuditKey::load(&key_path(ctx)).map(|k| k.public_key())
+}
+
 /// A run's audit log as the orchestrator's sink.
 pub(crate) struct RunAudit {
     log: AuditLog,

@@ -161,7 +161,7 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) export: Option<PathBuf>,
     /// Print an inclusion proof of entry SEQ against the latest signed checkpoint.
-    #[arg(long, value_name = "SEQ")]
+    #[arg(long, value_name = "SEQ", conflicts_with = "export")]
     pub(crate) prove: Option<u64>,
 }
 

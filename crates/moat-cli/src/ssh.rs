@@ -76,10 +76,18 @@ pub(crate) async fn grant(
     };
     let known_path = match known_hosts {
         Some(p) => p.to_owned(),
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".ssh/known_hosts"),
+        // Never a relative path: with HOME unset, `.ssh/known_hosts` would be read from
+        // whatever directory moat runs in (a cloned repository could pin its own host keys).
+        None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".ssh/known_hosts"),
+            None => {
+                return Err(CliError::new(
+                    EXIT_FAILURE,
+                    "HOME is not set, so there is no ~/.ssh/known_hosts to pin host keys from",
+                )
+                .hint("pass the host keys to trust with `--known-hosts FILE`"));
+            }
+        },
     };
     let known_text = std::fs::read_to_string(&known_path).map_err(|e| {
         CliError::new(

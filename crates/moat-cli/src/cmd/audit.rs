@@ -29,17 +29,14 @@ pub(crate) async fn audit(ctx: &Context, args: AuditArgs) -> CliResult<i32> {
 }
 
 fn installation_key(ctx: &Context) -> CliResult<PublicKey> {
-    let path = key_path(ctx);
-    moat_audit::key_info(&path)
-        .map_err(|e| {
-            CliError::from_error(EXIT_FAILURE, &e).hint(
-                "the key is created by the first run; without it, logs cannot be checked here",
-            )
-        })
-        .and_then(|info| {
-            PublicKey::from_hex(&info.public_key_hex)
-                .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))
-        })
+    crate::audit::installation_public_key(ctx).map_err(|e| {
+        CliError::from_error(EXIT_FAILURE, &e).hint(format!(
+            "runs are signed with {}, created by the first run; without it, logs cannot be \
+             checked here (`moat audit verify FILE --key PUBKEY` checks a bundle against a key \
+             you have)",
+            key_path(ctx).display()
+        ))
+    })
 }
 
 fn run_audit(
@@ -80,14 +77,37 @@ fn run_audit(
         );
         return Ok(0);
     }
-    let witness = std::fs::read(dir.join(WITNESS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
+    let witness_path = dir.join(WITNESS_FILE);
+    let witness = match std::fs::read(&witness_path) {
+        Ok(bytes) => Some(serde_json::from_slice::<Checkpoint>(&bytes).map_err(|e| {
+            CliError::new(
+                EXIT_TAMPERED,
+                format!(
+                    "TAMPERED: the closing checkpoint kept in {} is not a checkpoint ({e}): it was altered",
+                    witness_path.display()
+                ),
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(CliError::new(
+                EXIT_FAILURE,
+                format!("cannot read {}: {e}", witness_path.display()),
+            ));
+        }
+    };
     let report = match &witness {
         Some(w) => moat_audit::verify_log_with_witness(&log, &key, w),
         None => moat_audit::verify_log(&log, &key),
     }
     .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
+    if witness.is_none() && report.verdict == Verdict::Unfinished {
+        output::warn(format_args!(
+            "{} is missing, so a log cut back to an earlier checkpoint would also look unfinished; \
+             a rollback cannot be ruled out for this run",
+            witness_path.display()
+        ));
+    }
     if let Some(out) = export {
         moat_audit::export_bundle_to(&log, out, &key)
             .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
@@ -144,10 +164,10 @@ fn exit_code(report: &Report) -> i32 {
 
 fn key(ctx: &Context) -> CliResult<i32> {
     ctx.ensure_home()?;
-    let path = key_path(ctx);
-    moat_audit::AuditKey::load_or_create(&path)
-        .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
-    let info = moat_audit::key_info(&path).map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?;
+    let info = moat_audit::AuditKey::load_or_create(&key_path(ctx))
+        .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))?
+        .public_key()
+        .info();
     if ctx.args.json {
         output::json(&info);
     } else {

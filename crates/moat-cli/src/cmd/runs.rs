@@ -454,10 +454,7 @@ fn archive_evidence(ctx: &Context, run: &RunMetadata) -> CliResult<Option<std::p
     if !log.exists() {
         return Ok(None);
     }
-    let key_path = crate::audit::key_path(ctx);
-    let key = moat_audit::key_info(&key_path)
-        .and_then(|info| moat_audit::PublicKey::from_hex(&info.public_key_hex))
-        .map_err(|e| {
+    let key = crate::audit::installation_public_key(ctx).map_err(|e| {
             CliError::from_error(EXIT_FAILURE, &e).hint(format!(
                 "the audit key is missing, so the evidence of {} cannot be archived; `moat destroy --purge` deletes it anyway",
                 run.id
