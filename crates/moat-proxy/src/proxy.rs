@@ -1070,8 +1070,7 @@ impl Tunnel {
             parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let secrets = &compiled.scrub_pairs;
-        let rule_headers = &compiled.headers;
-        record.req_headers = redact_headers(&parts.headers, rule_headers, secrets);
+        record.req_headers = redact_headers(&parts.headers, &compiled.headers, secrets);
         parts.uri = match self.upstream_uri(path, &mut record) {
             Ok(u) => u,
             Err(resp) => return finish_parts(run, record, start, *resp, None),
@@ -1096,20 +1095,25 @@ impl Tunnel {
             Ok(resp) => resp,
             Err(answer) => return finish_parts(run, record, start, answer, Some(req_bytes)),
         };
-        let (rparts, rbody) = resp.into_parts();
+        let (mut rparts, rbody) = resp.into_parts();
         if upgrade && rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if covered {
+                if unoffered_compression(&rparts.headers) {
+                    let resp = answer::error(
+                        StatusCode::BAD_GATEWAY,
+                        "websocket-handshake-failed",
+                        "the upstream enabled a WebSocket extension moat did not offer",
+                    );
+                    record.reason = Some("websocket-handshake-failed".into());
+                    return finish_parts(run, record, start, resp, Some(req_bytes));
+                }
+                scrub_headers(secrets, &mut rparts.headers);
+            }
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade =
                     hyper::upgrade::on(Response::from_parts(rparts.clone(), rbody));
-                let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
-                let permit = self.permit.clone();
-                tokio::spawn(async move {
-                    splice(client_upgrade, upstream_upgrade, scrubber).await;
-                    drop(permit);
-                });
+                self.spawn_splice(client_upgrade, upstream_upgrade, covered, secrets);
             }
-            record.status = Some(101);
-            record.resp_headers = redact_headers(&rparts.headers, rule_headers, secrets);
             return finish_parts(
                 run,
                 record,
@@ -1132,6 +1136,23 @@ impl Tunnel {
             Response::from_parts(rparts, rbody),
         )
         .await
+    }
+
+    /// Joins an upgraded client connection to the upstream's, scrubbing what the upstream sends
+    /// for credentialed hosts; the pair holds the client's connection slot until both close.
+    fn spawn_splice(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        covered: bool,
+        secrets: &[crate::inject::ScrubPair],
+    ) {
+        let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
+        let permit = self.permit.clone();
+        tokio::spawn(async move {
+            splice(client, upstream, scrubber).await;
+            drop(permit);
+        });
     }
 
     /// The request's path (for the upstream URI) and its record, as `method`.
@@ -1525,6 +1546,13 @@ async fn splice(
 }
 
 /// The scrub pairs with each replacement padded or cut to the secret's length.
+/// Whether a WebSocket answer from a credentialed host turned on an extension: moat never
+/// offers one there, since compressed frames would hide a reflected credential from the
+/// scrubber.
+pub(crate) fn unoffered_compression(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+}
+
 fn masks(pairs: &[crate::inject::ScrubPair]) -> Arc<[crate::inject::ScrubPair]> {
     pairs
         .iter()
@@ -1785,7 +1813,8 @@ fn finish_parts(
     req_bytes: Option<Arc<AtomicU64>>,
 ) -> Response<ProxyBody> {
     record.status = Some(resp.status().as_u16());
-    record.resp_headers = redact_headers(resp.headers(), &[], &[]);
+    let compiled = run.rules();
+    record.resp_headers = redact_headers(resp.headers(), &compiled.headers, &compiled.scrub_pairs);
     let (parts, body) = resp.into_parts();
     let pending = PendingRecord {
         sink: run.sink.clone(),

@@ -28,17 +28,15 @@ use super::ProxyBody;
 use super::Tunnel;
 use super::finish_now;
 use super::finish_parts;
-use super::masks;
 use super::restrict_accept_encoding;
 use super::send;
-use super::splice;
 use super::strip_hop_by_hop;
+use super::unoffered_compression;
 use crate::answer;
 use crate::body::empty;
 use crate::body::redact_headers;
 use crate::inject;
 use crate::inject::Injection;
-use crate::scrub::Scrubber;
 use crate::scrub::scrub_headers;
 
 /// The GUID RFC 6455 appends to `Sec-WebSocket-Key` before hashing it into the accept value.
@@ -78,7 +76,7 @@ fn check_switch(headers: &HeaderMap, key: &str, covered: bool) -> Result<(), &'s
             );
         }
     }
-    if covered && headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+    if covered && unoffered_compression(headers) {
         return Err("the upstream enabled a WebSocket extension moat did not offer");
     }
     Ok(())
@@ -204,12 +202,7 @@ impl Tunnel {
                 scrub_headers(secrets, &mut answer_headers);
             }
             let upstream_upgrade = hyper::upgrade::on(Response::from_parts(rparts, rbody));
-            let scrubber = covered.then(|| Scrubber::new(masks(secrets)));
-            let permit = self.permit.clone();
-            tokio::spawn(async move {
-                splice(client_upgrade, upstream_upgrade, scrubber).await;
-                drop(permit);
-            });
+            self.spawn_splice(client_upgrade, upstream_upgrade, covered, secrets);
             let mut resp = Response::new(empty());
             *resp.headers_mut() = answer_headers;
             return finish_parts(run, record, start, resp, None);

@@ -65,17 +65,7 @@ async fn websocket_upgrade_passes_through() {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     tls.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(T, tls.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "eof in head: {}", String::from_utf8_lossy(&head));
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = read_head(&mut tls).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     echoes(&mut tls, &[b"hello", b"second frame", &[0u8, 1, 2, 255]]).await;
@@ -163,17 +153,8 @@ async fn websocket_streams_from_credentialed_hosts_are_scrubbed() {
          Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
     );
     tls.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(T, tls.read(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1);
-        head.push(b[0]);
-    }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Compression was not offered upstream, and the credential was injected.
     assert_no_compression_and_real_credential(&state);
     // The reflected token (sent in pieces) arrives masked, with its length preserved.
@@ -185,6 +166,54 @@ async fn websocket_streams_from_credentialed_hosts_are_scrubbed() {
     let got = String::from_utf8_lossy(&got).into_owned();
     assert!(!got.contains(REAL), "{got}");
     assert_eq!(got, format!("{};", &PLACEHOLDER[..REAL.len()]));
+}
+
+#[tokio::test]
+async fn websocket_handshakes_from_credentialed_hosts_leak_nothing_and_stay_uncompressed() {
+    let (h, _state) = setup(&[b"http/1.1"], true).await;
+    let handshake = |query: &str| {
+        format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: {API}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    // The upstream reflects the injected credential into a header of its 101.
+    let mut tls = h.tls(&format!("{API}:443"), API, &[b"http/1.1"]).await;
+    tls.write_all(handshake("leak_header=1").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(!head.contains(REAL), "{head}");
+    assert!(head.contains(PLACEHOLDER), "{head}");
+    let rec = h
+        .sink
+        .wait_for(&format!("https://{API}/ws?leak_header=1"))
+        .await;
+    assert!(!format!("{rec:?}").contains(REAL), "{rec:?}");
+    // An upstream that turns on compression nobody offered is refused.
+    let mut tls = h.tls(&format!("{API}:443"), API, &[b"http/1.1"]).await;
+    tls.write_all(handshake("deflate=1").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(head.contains("websocket-handshake-failed"), "{head}");
+}
+
+async fn read_head(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(T, io.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "eof in head: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// An HTTP/2 session through a tunnel to `API` and an extended CONNECT (RFC 8441) for `path`

@@ -403,6 +403,17 @@ async fn route(req: Request<Incoming>, st: Arc<UpstreamState>) -> Response<Body>
                 r.headers_mut()
                     .insert("sec-websocket-accept", ok(accept.parse()));
             }
+            // `?leak_header=1`: reflect the credential into the 101's headers; `?deflate=1`:
+            // turn on compression whether or not it was offered.
+            if query.contains_key("leak_header")
+                && let Some(auth) = req.headers().get("authorization")
+            {
+                r.headers_mut().insert("x-echo", auth.clone());
+            }
+            if query.contains_key("deflate") {
+                r.headers_mut()
+                    .insert("sec-websocket-extensions", ok("permessage-deflate".parse()));
+            }
             // The first subprotocol offered is chosen.
             if let Some(first) = req
                 .headers()
