@@ -69,11 +69,7 @@ impl Egress for ProxyEgress {
                 .await
                 .map_err(|e| boxed(Box::new(e)))?;
             let addr = listener.local_addr().map_err(|e| boxed(Box::new(e)))?;
-            let dest = self
-                .upstream
-                .resolve
-                .get(&(host.to_ascii_lowercase(), *port))
-                .copied();
+            let dest = self.upstream.resolved(host, *port);
             relays.push(tokio::spawn(relay(
                 listener,
                 host.clone(),

@@ -75,10 +75,15 @@ impl Default for UpstreamSettings {
 }
 
 impl UpstreamSettings {
-    /// Adds a resolve override for `host:port`.
+    /// Adds a resolve override for `host:port` (`host` may be a bracketed IPv6 literal).
     pub fn resolve(mut self, host: &str, port: u16, addr: SocketAddr) -> Self {
-        self.resolve.insert((host.to_ascii_lowercase(), port), addr);
+        self.resolve.insert(override_key(host, port), addr);
         self
+    }
+
+    /// The override for `host:port`, if one was given.
+    pub fn resolved(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        self.resolve.get(&override_key(host, port)).copied()
     }
 
     /// Adds every certificate of a PEM bundle (such as `MOAT_UPSTREAM_CA`) to the extra roots.
@@ -113,8 +118,7 @@ impl UpstreamSettings {
                 return Err(bad());
             }
             let addr: SocketAddr = to.trim().parse().map_err(|_| bad())?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            self.resolve.insert((host.to_ascii_lowercase(), port), addr);
+            self.resolve.insert(override_key(host, port), addr);
         }
         Ok(())
     }
@@ -225,6 +229,16 @@ impl UpstreamError {
     }
 }
 
+/// How overrides are keyed: lower case, IPv6 literals without brackets (URIs carry them with
+/// brackets, `MOAT_RESOLVE` may or may not).
+fn override_key(host: &str, port: u16) -> (String, u16) {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (host.to_ascii_lowercase(), port)
+}
+
 /// A hyper-util connector that resolves, guards, dials and (for `https`) verifies TLS.
 #[derive(Clone)]
 pub(crate) struct Connector {
@@ -264,7 +278,7 @@ impl Connector {
                 resolve: settings
                     .resolve
                     .iter()
-                    .map(|((h, p), a)| ((h.to_ascii_lowercase(), *p), *a))
+                    .map(|((h, p), a)| (override_key(h, *p), *a))
                     .collect(),
                 guard,
                 connect_timeout: settings.connect_timeout,
@@ -316,7 +330,7 @@ impl Connector {
     }
 
     async fn dial(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
-        if let Some(addr) = self.inner.resolve.get(&(host.to_owned(), port)) {
+        if let Some(addr) = self.inner.resolve.get(&override_key(host, port)) {
             return TcpStream::connect(addr)
                 .await
                 .map_err(|source| UpstreamError::Connect {
@@ -537,6 +551,17 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn overrides_match_ipv6_literals_with_or_without_brackets() {
+        let to: SocketAddr = "[::1]:8443".parse().unwrap_or_else(|e| panic!("{e}"));
+        // As the CLI passes them (MOAT_RESOLVE keeps the brackets) ...
+        let s = UpstreamSettings::default().resolve("[FD00::5]", 443, to);
+        // ... and as a connection looks them up (from the URI, brackets stripped or not).
+        assert_eq!(s.resolved("fd00::5", 443), Some(to));
+        assert_eq!(s.resolved("[fd00::5]", 443), Some(to));
+        assert_eq!(s.resolved("fd00::5", 80), None);
     }
 
     #[test]
