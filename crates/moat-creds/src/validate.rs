@@ -155,7 +155,7 @@ pub trait Validator: Send + Sync {
     ) -> Result<Option<Validated>, ValidationError>;
 }
 
-/// The real validator: HTTPS with rustls, system roots plus the extra roots.
+/// The real validator: HTTPS with rustls, the Mozilla root set (webpki-roots, as the proxy) plus the extra roots.
 #[derive(Debug, Clone)]
 pub struct HttpValidator {
     resolve: Vec<ResolveOverride>,
