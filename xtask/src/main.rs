@@ -2,6 +2,8 @@
 //!
 //! - `test-image`: build the end-to-end base image with debootstrap and `docker import`.
 //! - `bench run`: `moat run` wall time against `docker run` on the same image.
+//! - `bench audit`: audit log appends per second and verification time.
+//! - `bench proxy`: proxy throughput, latency and memory against direct and mitmproxy.
 #![expect(clippy::print_stdout, clippy::print_stderr, reason = "xtask is a CLI")]
 
 mod bench;
@@ -27,7 +29,9 @@ fn run() -> Result<()> {
             "usage: cargo xtask <task>\n\n\
              tasks:\n  \
              test-image [--force]        build the e2e base image `{}`\n  \
-             bench run [--rounds N]      moat run vs docker run overhead\n",
+             bench run [--rounds N]      moat run vs docker run overhead\n  \
+             bench audit                 audit appends/s and verification time\n  \
+             bench proxy [--rounds N]    proxy vs direct, bare stack and mitmproxy\n",
             image::TEST_IMAGE
         ),
     }

@@ -193,14 +193,14 @@ pub struct RunMetadata {
 }
 
 impl RunMetadata {
-    /// Whether an ID or name refers to this run (full ID, ID prefix of at least 4 characters
-    /// after `run_`, or exact name).
+    /// Whether an ID or name refers to this run (full ID, exact name, or an ID prefix of at
+    /// least 3 hex digits, with or without `run_`).
     pub fn matches_ref(&self, reference: &str) -> RefMatch {
         if self.id.as_str() == reference {
             RefMatch::Id
         } else if self.name == reference {
             RefMatch::Name
-        } else if (reference.len() > 4 && self.id.as_str().starts_with(reference))
+        } else if (reference.len() >= "run_".len() + 3 && self.id.as_str().starts_with(reference))
             || (reference.len() >= 3
                 && reference.bytes().all(|b| b.is_ascii_hexdigit())
                 && self

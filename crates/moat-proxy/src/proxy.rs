@@ -1485,8 +1485,10 @@ fn upstream_failure(e: &hyper_util::client::legacy::Error) -> Response<ProxyBody
         Some(u @ UpstreamError::Blocked { .. }) => answer::blocked(
             u.code(),
             &u.to_string(),
-            "internal addresses are refused; to reach a local test server, add a resolve \
-             override (MOAT_RESOLVE=host:port=ip:port) or an explicit allowance",
+            "internal addresses (loopback, link-local, private, this host's own) are refused \
+             whatever moat.yaml allows; to reach a server there on purpose, name it with a \
+             resolve override: MOAT_RESOLVE=host:port=ip:port, or `proxy.resolve` in \
+             $MOAT_HOME/config.yaml",
         ),
         Some(u @ (UpstreamError::ConnectTimeout { .. } | UpstreamError::TlsTimeout { .. })) => {
             answer::error(StatusCode::GATEWAY_TIMEOUT, u.code(), &u.to_string())

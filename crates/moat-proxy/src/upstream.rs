@@ -170,9 +170,7 @@ pub enum UpstreamError {
         source: io::Error,
     },
     /// Every resolved address is internal and not allowed.
-    #[error(
-        "`{host}` resolves to {addr}, an internal address the proxy refuses; allow it explicitly if it is meant to be reached"
-    )]
+    #[error("`{host}` resolves to {addr}, an internal address the proxy refuses")]
     Blocked {
         /// The host.
         host: String,

@@ -140,6 +140,13 @@ fn resolve_by_id_prefix_name_and_default() {
         pick(Some("nope")),
         Err(StoreError::NotFound { .. })
     ));
+    // Prefixes need at least 3 hex digits, with or without `run_`.
+    for short in ["run_b", "run_bb", "bb"] {
+        assert!(
+            matches!(pick(Some(short)), Err(StoreError::NotFound { .. })),
+            "{short}"
+        );
+    }
     let none = RunStore::resolve(&runs, None, |r| r.state == RunState::Running, "running");
     assert!(matches!(none, Err(StoreError::NoRuns { what: "running" })));
 }
