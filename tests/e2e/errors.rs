@@ -30,6 +30,13 @@ fn unknown_key_in_moat_yaml() {
 }
 
 #[test]
+fn bad_config_yaml_fails_run_before_anything_is_created() {
+    let env = TestEnv::new();
+    std::fs::write(env.home.path().join("config.yaml"), "runtime: podman\n").unwrap();
+    fails_before_run(&env, &["run", "--", "true"], &["config.yaml"]);
+}
+
+#[test]
 fn wrong_type_in_moat_yaml() {
     let env = TestEnv::new();
     std::fs::write(env.ws.path().join("moat.yaml"), "grants: github\n").unwrap();

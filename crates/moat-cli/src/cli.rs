@@ -208,8 +208,9 @@ pub(crate) struct RunRef {
 pub(crate) struct TraceArgs {
     /// Run ID, unique ID prefix or name; defaults to the most recent run.
     pub(crate) run: Option<String>,
-    /// Show network requests (method, URL, status, timing, grant, policy decision).
-    #[arg(long)]
+    /// Show network requests (method, URL, status, timing, grant, policy decision); the only
+    /// trace there is, so required.
+    #[arg(long, required = true)]
     pub(crate) network: bool,
     /// Also show request and response headers (credentials redacted).
     #[arg(short = 'H', long = "headers")]

@@ -70,7 +70,18 @@ async fn dispatch(cli: Cli) -> CliResult<i32> {
             Ok(0)
         }
         command => {
-            let ctx = Context::load(cli.global)?;
+            // `moat run` reports every failure before its container ran as 125 (SPEC §3).
+            let before_run = matches!(command, Command::Run(_));
+            let ctx = Context::load(cli.global).map_err(|e| {
+                if before_run {
+                    error::CliError {
+                        code: error::EXIT_PRE_RUN,
+                        ..e
+                    }
+                } else {
+                    e
+                }
+            })?;
             match command {
                 Command::Run(args) => cmd::run::run(&ctx, args).await,
                 Command::Supervise { run_id } => cmd::run::supervise_detached(&ctx, &run_id).await,

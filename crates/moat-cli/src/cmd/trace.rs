@@ -13,12 +13,6 @@ use crate::error::EXIT_FAILURE;
 use crate::output;
 
 pub(crate) async fn trace(ctx: &Context, args: TraceArgs) -> CliResult<i32> {
-    if !args.network {
-        return Err(
-            CliError::new(EXIT_FAILURE, "say what to trace: `--network`")
-                .hint("`moat trace --network` lists the run's proxied requests"),
-        );
-    }
     let store = ctx.store();
     let (runs, _) = store
         .list()

@@ -173,7 +173,13 @@ async fn a_run_is_driven_to_completion_and_cleaned_up() {
             (LogStream::Stdout, "second line"),
         ]
     );
-    assert!(logs[1].ts < logs[0].ts || logs[1].ts <= logs[2].ts);
+    // The fake runtime stamps chunk i at 1_800_000_000 + i seconds.
+    let at = |i: i64| chrono::DateTime::from_timestamp(1_800_000_000 + i, 0).unwrap();
+    assert_eq!(
+        [logs[0].ts, logs[1].ts, logs[2].ts],
+        [at(1), at(0), at(2)],
+        "warn (chunk 1), hello world (from chunk 0), second line (from chunk 2)"
+    );
     assert_eq!(&*out.lock().unwrap(), b"hello world\nsecond line\n");
 
     // Hardened, labelled container on a per-run network; both removed afterwards.
