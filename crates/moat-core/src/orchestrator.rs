@@ -847,18 +847,30 @@ impl Orchestrator {
             ));
         })?;
         self.teardown(&updated).await;
-        // Objects created but not yet recorded in metadata (crash between create and save).
-        if !updated.spec.keep
-            && let Ok(objects) = self.runtime.objects_of_run(meta.id.as_str()).await
-        {
-            for c in objects.containers {
-                let _ = self.runtime.remove_container(&c).await;
-            }
-            for n in objects.networks {
-                let _ = self.runtime.remove_network(&n).await;
-            }
+        if !updated.spec.keep {
+            // Also objects created but not yet recorded (a crash between create and save).
+            let _ = self.remove_objects(&updated).await;
         }
         Ok(updated)
+    }
+
+    /// Removes everything the runtime holds for a run, whether recorded in its metadata or
+    /// found by its labels (created before a crash could record them): the host firewall
+    /// rules of its network (best effort: a permissive run has none), its containers and its
+    /// networks. `kept` containers go too; this is `moat destroy`.
+    pub async fn remove_objects(&self, meta: &RunMetadata) -> Result<(), RuntimeError> {
+        let objects = self.runtime.objects_of_run(meta.id.as_str()).await?;
+        let networks: Vec<&String> = objects.networks.iter().chain(&meta.network_id).collect();
+        for n in &networks {
+            let _ = self.runtime.release_host_access(n).await;
+        }
+        for c in objects.containers.iter().chain(&meta.container_id) {
+            self.runtime.remove_container(c).await?;
+        }
+        for n in networks {
+            self.runtime.remove_network(n).await?;
+        }
+        Ok(())
     }
 }
 

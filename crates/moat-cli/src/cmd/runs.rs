@@ -409,21 +409,9 @@ pub(crate) async fn destroy(ctx: &Context, args: DestroyArgs) -> CliResult<i32> 
     if run.state.is_active() {
         stop_run(ctx, &orch, &run).await?;
     }
-    let rt = orch.runtime();
-    let objects = rt
-        .objects_of_run(run.id.as_str())
+    orch.remove_objects(&run)
         .await
         .map_err(|e| crate::context::runtime_error(&e))?;
-    for c in objects.containers.iter().chain(run.container_id.iter()) {
-        rt.remove_container(c)
-            .await
-            .map_err(|e| crate::context::runtime_error(&e))?;
-    }
-    for n in objects.networks.iter().chain(run.network_id.iter()) {
-        rt.remove_network(n)
-            .await
-            .map_err(|e| crate::context::runtime_error(&e))?;
-    }
     let archived = if args.purge {
         None
     } else {

@@ -247,6 +247,37 @@ async fn container_spec_is_hardened() {
 }
 
 #[tokio::test]
+async fn removing_a_kept_strict_run_takes_its_firewall_rules_container_and_network() {
+    let s = setup(Script {
+        exit_code: Some(0),
+        ..Script::default()
+    });
+    let mut sp = spec();
+    sp.keep = true;
+    let meta = create(&s, PolicyMode::Strict, sp);
+    let (io, _) = io(CancellationToken::new());
+    s.orch
+        .supervise(
+            &meta.id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
+        .await
+        .unwrap();
+    let meta = s.store.load(&meta.id).unwrap();
+    s.rt.state.lock().unwrap().calls.clear();
+    s.orch.remove_objects(&meta).await.unwrap();
+    let state = s.rt.state.lock().unwrap();
+    assert!(state.containers.is_empty() && state.networks.is_empty());
+    assert!(
+        state.calls.iter().any(|c| c == "release_host_access"),
+        "{:?}",
+        state.calls
+    );
+}
+
+#[tokio::test]
 async fn policy_none_has_no_network() {
     let s = setup(Script {
         exit_code: Some(0),
