@@ -182,6 +182,36 @@ fn workspace_is_mounted_and_files_belong_to_its_owner() {
 }
 
 #[test]
+fn workspace_paths_with_colons_and_spaces_mount_and_mounts_can_be_read_only() {
+    require_docker();
+    let env = TestEnv::new();
+    // `:` would split a `src:dst:mode` bind string.
+    let ws = env.ws.path().join("moat-ws:a b");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("marker"), "here\n").unwrap();
+    let data = env.ws.path().join("shared:data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(
+        ws.join("moat.yaml"),
+        format!(
+            "mounts:\n  - {{source: \"{}\", target: /data, readonly: true}}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&[
+        "run",
+        ws.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "pwd; cat marker; touch /data/x 2>/dev/null && echo WROTE || echo readonly",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "/workspace\nhere\nreadonly\n");
+}
+
+#[test]
 fn kept_container_is_hardened_and_labelled() {
     require_docker();
     let env = TestEnv::new();

@@ -11,6 +11,8 @@ use bollard::models::ContainerCreateBody;
 use bollard::models::ContainerStateStatusEnum;
 use bollard::models::HostConfig;
 use bollard::models::HostConfigLogConfig;
+use bollard::models::Mount;
+use bollard::models::MountType;
 use bollard::models::NetworkCreateRequest;
 use bollard::models::PortBinding;
 use bollard::query_parameters::AttachContainerOptions;
@@ -216,12 +218,17 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let binds = spec
+        // Structured bind mounts, not `src:dst:mode` strings: a path may contain `:`, and a
+        // missing source is an error rather than a directory the engine creates as root.
+        let mounts = spec
             .mounts
             .iter()
-            .map(|m| {
-                let mode = if m.readonly { "ro" } else { "rw" };
-                format!("{}:{}:{mode}", m.source, m.target)
+            .map(|m| Mount {
+                typ: Some(MountType::BIND),
+                source: Some(m.source.clone()),
+                target: Some(m.target.clone()),
+                read_only: Some(m.readonly),
+                ..Mount::default()
             })
             .collect();
         let mut port_bindings = HashMap::new();
@@ -243,7 +250,7 @@ impl Runtime for DockerRuntime {
             NetworkAttachment::None => "none".into(),
         };
         let host_config = HostConfig {
-            binds: Some(binds),
+            mounts: Some(mounts),
             network_mode: Some(network_mode),
             port_bindings: Some(port_bindings),
             cap_drop: Some(vec!["ALL".into()]),
