@@ -263,3 +263,22 @@ fn kept_container_is_hardened_and_labelled() {
     assert!(docker_inspect(run["network_id"].as_str().unwrap()).is_none());
     assert!(!env.home.path().join("runs").join(id).exists());
 }
+
+#[test]
+fn the_embedding_example_runs_a_sandboxed_command() {
+    require_docker();
+    let env = TestEnv::new();
+    std::fs::write(env.ws.path().join("input.txt"), "from the host\n").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(moat_e2e::example_bin("moat-runtime", "sandbox"))
+        .arg(store.path())
+        .arg(env.ws.path())
+        .arg(moat_e2e::test_image())
+        .args(["sh", "-c", "cat input.txt; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from the host\n");
+    // The library kept the run in the store it was given.
+    assert_eq!(std::fs::read_dir(store.path()).unwrap().count(), 1);
+}

@@ -61,29 +61,41 @@ pub fn require_docker() {
 /// Path of the `moat` binary, built (incrementally) on first use.
 pub fn moat_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/e2e-… → target/<profile>/moat
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "moat-cli", "--bin", "moat"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile == "release" {
-            build.arg("--release");
-        }
-        let status = build.status().unwrap();
-        assert!(status.success(), "building the moat binary failed");
-        profile_dir.join("moat")
-    })
+    BIN.get_or_init(|| cargo_build(&["-p", "moat-cli", "--bin", "moat"], "moat"))
+}
+
+/// An example program of the workspace, built like the moat binary.
+pub fn example_bin(package: &str, name: &str) -> PathBuf {
+    cargo_build(
+        &["-p", package, "--example", name],
+        &format!("examples/{name}"),
+    )
+}
+
+/// Builds with the test's own profile and target directory; returns `artifact` in it.
+fn cargo_build(what: &[&str], artifact: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/e2e-… → target/<profile>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let target_dir = profile_dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet"])
+        .args(what)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile == "release" {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(status.success(), "building {artifact} failed");
+    profile_dir.join(artifact)
 }
 
 /// A hermetic environment: its own `MOAT_HOME` and workspace.

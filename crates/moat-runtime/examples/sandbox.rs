@@ -1,14 +1,15 @@
-//! A minimal custom orchestrator: run one command in a sandbox through the library API.
+//! A minimal custom orchestrator: run one command in a sandbox through the library API, on the
+//! real Docker engine (`DOCKER_HOST`, or the default socket).
 //!
 //! ```text
-//! cargo run -p moat-core --example sandbox -- /path/to/store /path/to/workspace IMAGE CMD...
+//! cargo run -p moat-runtime --example sandbox -- STORE_DIR WORKSPACE IMAGE CMD...
 //! ```
 //!
-//! moat-core has no container engine of its own; an embedder passes any [`Runtime`]. To keep
-//! this example free of engine dependencies, it takes the runtime as a parameter of [`run`];
-//! `moat-runtime`'s `DockerRuntime` is the real one (see `crates/moat-cli`).
+//! It exits with the container's exit code. moat-core has no engine of its own: [`run`] takes
+//! any [`Runtime`], here `moat_runtime::docker::DockerRuntime`.
 #![expect(clippy::print_stderr, reason = "an example program")]
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,13 +26,14 @@ use moat_core::store::RunStore;
 use tokio_util::sync::CancellationToken;
 
 /// Runs `command` in `image` with `workspace` mounted; returns the container's exit code.
-pub async fn run(
+async fn run(
     runtime: Arc<dyn Runtime>,
     store_dir: PathBuf,
     workspace: PathBuf,
     image: String,
     command: Vec<String>,
 ) -> Result<i64, Box<dyn std::error::Error>> {
+    let owner = std::fs::metadata(&workspace)?;
     let orch = Orchestrator::new(runtime, RunStore::new(store_dir), "example");
     orch.ensure_image(&image, &|_| {}).await?;
     let meta = orch.create_run(RunRequest {
@@ -47,7 +49,8 @@ pub async fn run(
             tty: false,
             stdin: false,
             keep: false,
-            user: "1000:1000".into(),
+            // The workspace owner, so files the command creates belong to them.
+            user: format!("{}:{}", owner.uid(), owner.gid()),
             mounts: Vec::new(),
             ports: Vec::new(),
             memory_bytes: None,
@@ -75,9 +78,35 @@ pub async fn run(
     Ok(outcome.exit_code)
 }
 
-fn main() {
-    eprintln!(
-        "this example shows the embedding API (`run` above); pair it with \
-         moat_runtime::docker::DockerRuntime::connect(\"unix:///var/run/docker.sock\")"
-    );
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(store), Some(workspace), Some(image)) = (args.next(), args.next(), args.next())
+    else {
+        eprintln!("usage: sandbox STORE_DIR WORKSPACE IMAGE CMD...");
+        std::process::exit(2);
+    };
+    let command: Vec<String> = args.collect();
+    let endpoint = std::env::var("DOCKER_HOST")
+        .unwrap_or_else(|_| moat_runtime::DEFAULT_DOCKER_SOCKET.to_owned());
+    let outcome = match moat_runtime::docker::DockerRuntime::connect(&endpoint).await {
+        Ok(docker) => {
+            run(
+                Arc::new(docker),
+                store.into(),
+                workspace.into(),
+                image,
+                command,
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
+        Ok(code) => std::process::exit(i32::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(125);
+        }
+    }
 }
