@@ -234,11 +234,7 @@ impl Body for ResponseBody {
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    this.finish();
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(this.emit(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if matches!(this.scrub, Some((Decode::Gzip(_), _))) => {
                         // Decompress in small slices so a highly compressed chunk cannot
@@ -260,39 +256,24 @@ impl Body for ResponseBody {
                         }
                         // Trailers end the body: the held-back tail goes out first, then the
                         // trailers on the next poll.
-                        match this.drain() {
-                            Ok(tail) if !tail.is_empty() => {
-                                this.sent += tail.len() as u64;
+                        let tail = this.drain();
+                        return Poll::Ready(match this.emit(tail) {
+                            Some(Ok(data)) => {
                                 this.trailers = frame.into_trailers().ok();
-                                return Poll::Ready(Some(Ok(Frame::data(tail))));
+                                Some(Ok(data))
                             }
-                            Ok(_) => return Poll::Ready(Some(Ok(frame))),
-                            Err(e) => {
-                                this.done = true;
-                                this.finish();
-                                return Poll::Ready(Some(Err(e)));
-                            }
-                        }
+                            Some(Err(e)) => Some(Err(e)),
+                            None => Some(Ok(frame)),
+                        });
                     }
                 },
                 Poll::Ready(None) => {
+                    // The end: the held-back tail (if any) is the last frame.
                     this.done = true;
                     let tail = this.drain();
-                    match tail {
-                        Ok(tail) if !tail.is_empty() => {
-                            this.sent += tail.len() as u64;
-                            this.finish();
-                            return Poll::Ready(Some(Ok(Frame::data(tail))));
-                        }
-                        Ok(_) => {
-                            this.finish();
-                            return Poll::Ready(None);
-                        }
-                        Err(e) => {
-                            this.finish();
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                    }
+                    let last = this.emit(tail);
+                    this.finish();
+                    return Poll::Ready(last);
                 }
             }
         }

@@ -1080,7 +1080,7 @@ impl Tunnel {
         let upstream_req =
             Request::from_parts(parts, Counting::new(body, req_bytes.clone()).boxed_unsync());
         let client = if upgrade {
-            &self.shared.client_for_upgrade()
+            self.shared.client_for_upgrade()
         } else {
             &self.shared.client
         };
@@ -1358,8 +1358,8 @@ impl Tunnel {
 }
 
 impl Shared {
-    fn client_for_upgrade(&self) -> Client<Connector, ProxyBody> {
-        self.upgrade_client.clone()
+    fn client_for_upgrade(&self) -> &Client<Connector, ProxyBody> {
+        &self.upgrade_client
     }
 }
 
@@ -1450,7 +1450,6 @@ async fn handle_plain(
     Response::from_parts(rparts, body.boxed_unsync())
 }
 
-/// Sends a request upstream; failures become the proxy's own answers.
 /// Sends `req` upstream. A failure becomes the client's answer (`502`/`504`, or `403` from the
 /// destination guard) and is noted in `record`.
 async fn send(

@@ -171,7 +171,7 @@ impl Tunnel {
         *upstream_req.headers_mut() = headers;
         let client = self.shared.client_for_upgrade();
         let resp = match send(
-            &client,
+            client,
             upstream_req,
             self.shared.response_timeout,
             &mut record,

@@ -208,6 +208,30 @@ async fn destination_guard_refuses_internal_addresses() {
 }
 
 #[tokio::test]
+async fn credentials_go_only_over_verified_tls() {
+    // An impostor with a valid-looking certificate for the host, from a CA the proxy does
+    // not trust: no request reaches it, so no credential does.
+    let impostor_ca = TestCa::new();
+    let (addr, state) = tls_upstream(&impostor_ca, &[API], &[b"h2", b"http/1.1"]).await;
+    let trusted_ca = TestCa::new();
+    let h = harness(
+        EgressPolicy::default(),
+        vec![github_rule()],
+        upstream_settings(&trusted_ca, &[API], addr),
+    )
+    .await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let resp = h
+            .request(&format!("{API}:443"), alpn, get("/echo", API))
+            .await;
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()["x-moat-error"], "upstream-tls");
+    }
+    assert_eq!(state.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(state.seen_auth(), None);
+}
+
+#[tokio::test]
 async fn proxy_failures_are_told_apart_from_upstream_answers() {
     let ca = TestCa::new();
     let (addr, _state) = tls_upstream(&ca, &["wrong.example.test"], &[b"http/1.1"]).await;
