@@ -19,6 +19,8 @@ pub mod event {
     pub const SSH_LIST: &str = "ssh.list";
     /// An SSH signature was requested (allowed or denied).
     pub const SSH_SIGN: &str = "ssh.sign";
+    /// An SSH agent request was refused (unbound session, forwarding, unknown key).
+    pub const SSH_REFUSED: &str = "ssh.refused";
     /// The run finished.
     pub const RUN_FINISHED: &str = "run.finished";
 }

@@ -355,40 +355,12 @@ pub fn builtin(name: &str) -> Option<Provider> {
             },
             token_vars: vec!["GITHUB_TOKEN".to_owned(), "GH_TOKEN".to_owned()],
             uses_gh_cli: true,
-            validation: url("https://api.github.com/user").map(|url| ValidationSpec {
-                url,
-                header: "authorization".to_owned(),
-                format: InjectionFormat::Bearer,
-                extra_headers: vec![
-                    (
-                        "accept".to_owned(),
-                        "application/vnd.github+json".to_owned(),
-                    ),
-                    ("x-github-api-version".to_owned(), "2022-11-28".to_owned()),
-                ],
-                account_field: Some("login".to_owned()),
-            }),
+            validation: url("https://api.github.com/user")
+                .map(|url| github_validation(url, Some("login"))),
             prefixed_validations: url(
                 "https://api.github.com/installation/repositories?per_page=1",
             )
-            .map(|url| {
-                (
-                    "ghs_".to_owned(),
-                    ValidationSpec {
-                        url,
-                        header: "authorization".to_owned(),
-                        format: InjectionFormat::Bearer,
-                        extra_headers: vec![
-                            (
-                                "accept".to_owned(),
-                                "application/vnd.github+json".to_owned(),
-                            ),
-                            ("x-github-api-version".to_owned(), "2022-11-28".to_owned()),
-                        ],
-                        account_field: None,
-                    },
-                )
-            })
+            .map(|url| ("ghs_".to_owned(), github_validation(url, None)))
             .into_iter()
             .collect(),
         }),
@@ -679,6 +651,23 @@ fn random_string(alphabet: &[u8], len: usize) -> Result<String, getrandom::Error
         }
     }
     Ok(out)
+}
+
+/// A GitHub REST API check of a token, answering `account_field` when there is one.
+fn github_validation(url: reqwest::Url, account_field: Option<&str>) -> ValidationSpec {
+    ValidationSpec {
+        url,
+        header: "authorization".to_owned(),
+        format: InjectionFormat::Bearer,
+        extra_headers: vec![
+            (
+                "accept".to_owned(),
+                "application/vnd.github+json".to_owned(),
+            ),
+            ("x-github-api-version".to_owned(), "2022-11-28".to_owned()),
+        ],
+        account_field: account_field.map(str::to_owned),
+    }
 }
 
 #[cfg(test)]

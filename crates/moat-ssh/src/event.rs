@@ -12,12 +12,9 @@ use moat_core::audit::AuditSink;
 use crate::key::Fingerprint;
 use crate::known_hosts::SshHost;
 
-/// Audit event type of an identity listing.
-pub const SSH_LIST: &str = "ssh.list";
-/// Audit event type of a sign request.
-pub const SSH_SIGN: &str = "ssh.sign";
-/// Audit event type of a refused request.
-pub const SSH_REFUSED: &str = "ssh.refused";
+pub use moat_core::audit::event::SSH_LIST;
+pub use moat_core::audit::event::SSH_REFUSED;
+pub use moat_core::audit::event::SSH_SIGN;
 
 /// Receives proxy events. Calls are synchronous and expected to be quick (a local append).
 pub trait SshEventSink: Send + Sync {

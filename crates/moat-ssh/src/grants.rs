@@ -5,12 +5,9 @@
 //! rewritten atomically (temporary file, fsync, rename) with mode 0600.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 
 use chrono::DateTime;
 use chrono::Utc;
@@ -434,31 +431,8 @@ impl SshGrantStore {
         let mut json =
             serde_json::to_vec_pretty(&file).map_err(|e| write_err(std::io::Error::other(e)))?;
         json.push(b'\n');
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
-        let unique = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{file_name}.tmp-{}-{unique}", std::process::id()));
-        let result = (|| {
-            let mut out = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            out.write_all(&json)?;
-            out.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(write_err)
+        moat_core::store::write_atomic(&self.path, &json)
+            .map_err(|e| write_err(std::io::Error::other(e)))
     }
 }
 
