@@ -157,7 +157,7 @@ impl Context {
             .ok()
             .filter(|v| !v.is_empty())
             .map(moat_core::Secret::new);
-        let dir = self.home.join("credentials");
+        let dir = self.credentials_dir();
         let os = os_keyring();
         let key = moat_creds::StoreKey::resolve(mode, &dir, passphrase, os.as_ref()).map_err(|e| {
             CliError::from_error(EXIT_FAILURE, &e)
@@ -165,6 +165,11 @@ impl Context {
         })?;
         moat_creds::CredentialStore::open(&dir, key)
             .map_err(|e| CliError::from_error(EXIT_FAILURE, &e))
+    }
+
+    /// `$MOAT_HOME/credentials`: the encrypted store and the SSH grants.
+    pub(crate) fn credentials_dir(&self) -> PathBuf {
+        self.home.join("credentials")
     }
 
     /// Custom and built-in providers.

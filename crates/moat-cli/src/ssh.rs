@@ -35,7 +35,7 @@ use crate::output;
 const CONTAINER_DIR: &str = "/run/moat/ssh";
 
 pub(crate) fn grant_store(ctx: &Context) -> SshGrantStore {
-    SshGrantStore::new(ctx.home.join("credentials").join("ssh.json"))
+    SshGrantStore::new(ctx.credentials_dir().join("ssh.json"))
 }
 
 fn agent_socket() -> CliResult<PathBuf> {
@@ -108,7 +108,7 @@ pub(crate) async fn grant(
         err
     })?;
     ctx.ensure_home()?;
-    let creds = ctx.home.join("credentials");
+    let creds = ctx.credentials_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

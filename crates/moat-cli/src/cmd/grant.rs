@@ -185,7 +185,7 @@ fn list(ctx: &Context) -> CliResult<i32> {
 
 /// `moat revoke <provider>`.
 pub(crate) fn revoke(ctx: &Context, provider: &str) -> CliResult<i32> {
-    let dir = ctx.home.join("credentials");
+    let dir = ctx.credentials_dir();
     let removed = if provider.starts_with("ssh:") {
         crate::ssh::revoke(ctx, provider)?
     } else {
