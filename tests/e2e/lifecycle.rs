@@ -82,6 +82,11 @@ fn detached_run_follow_stop_destroy() {
     );
     assert!(docker_inspect(&container).is_none());
     assert!(docker_inspect(&network).is_none());
+    // Stopping it again is not an error, and scripts still get the run as JSON.
+    let out = env.run(&["stop", "--json", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["state"], "stopped");
 
     let out = env.run(&["destroy", &id[..8]]); // unique ID prefix
     assert!(out.status.success(), "destroy: {}", text(&out.stderr));

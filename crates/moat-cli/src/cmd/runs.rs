@@ -384,7 +384,11 @@ pub(crate) async fn stop(ctx: &Context, args: RunRef) -> CliResult<i32> {
         "running",
     )?;
     if !run.state.is_active() {
-        output::info(ctx, format_args!("run {} is already {}", run.id, run.state));
+        if ctx.args.json {
+            output::json(&run);
+        } else {
+            output::info(ctx, format_args!("run {} is already {}", run.id, run.state));
+        }
         return Ok(0);
     }
     let orch = ctx.orchestrator(run.runtime).await?;
