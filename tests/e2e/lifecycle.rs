@@ -204,6 +204,45 @@ fn ctrl_c_stops_the_container_and_finishes_the_run() {
 }
 
 #[test]
+fn what_a_container_says_while_stopping_is_kept_and_the_audit_log_is_closed() {
+    require_docker();
+    let env = TestEnv::new();
+    let mut child = env
+        .moat(&[
+            "run",
+            "-n",
+            "bye",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 3' TERM; echo up; while :; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first line", Duration::from_secs(30), || {
+        text(&env.run(&["logs", "bye"]).stdout).contains("up")
+    });
+    nix_kill(child.id(), "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("bye"), "passed through");
+    let run = env.run_json("bye");
+    assert_eq!(run["state"], "stopped");
+    assert_eq!(run["exit_code"], 3);
+    assert!(
+        text(&env.run(&["logs", "bye"]).stdout).contains("bye"),
+        "recorded"
+    );
+    let out = env.run(&["audit", "--json", "bye"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "intact", "{report}");
+    assert_eq!(report["last_checkpoint_covers_all"], true, "{report}");
+    assert_eq!(report["event_types"]["run.finished"], 1, "{report}");
+}
+
+#[test]
 fn killed_supervisor_leaves_no_orphan() {
     require_docker();
     let env = TestEnv::new();
