@@ -207,7 +207,7 @@ fn ctrl_c_stops_the_container_and_finishes_the_run() {
 fn what_a_container_says_while_stopping_is_kept_and_the_audit_log_is_closed() {
     require_docker();
     let env = TestEnv::new();
-    let mut child = env
+    let child = env
         .moat(&[
             "run",
             "-n",
