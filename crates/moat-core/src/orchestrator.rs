@@ -622,10 +622,14 @@ impl Orchestrator {
             output_failed: false,
             cursor: None,
         };
-        let log_task = tokio::spawn(async move {
-            let result = pump.feed(logs, false).await;
-            (pump, result)
-        });
+        let log_stop = CancellationToken::new();
+        let mut log_task = {
+            let stop = log_stop.clone();
+            tokio::spawn(async move {
+                let result = pump.feed(logs, false, Some(&stop)).await;
+                (pump, result)
+            })
+        };
 
         let mut io_tasks = Vec::new();
         if let Some(session) = attach {
@@ -678,22 +682,32 @@ impl Orchestrator {
             }
             _ => None,
         };
-        // The follow stream ends once the container has stopped; bound the wait anyway. The
-        // engine may end it before its last (unterminated) line is written, so catch up with
-        // a final read from where the stream stopped.
-        let log_result = match tokio::time::timeout(Duration::from_secs(30), log_task).await {
-            Ok(Ok((mut pump, result))) => match result {
+        // The follow stream ends once the container has stopped; bound the wait anyway (then
+        // stop following, keeping what was recorded). The engine may also end it before its
+        // last (unterminated) line is written. Either way, catch up with a final read from
+        // where the stream stopped, so nothing is lost.
+        let joined = match tokio::time::timeout(LOG_DRAIN, &mut log_task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                log_stop.cancel();
+                log_task.await
+            }
+        };
+        let log_result = match joined {
+            Ok((mut pump, result)) => match result {
                 Ok(()) => match rt
                     .logs(&container, false, pump.cursor.map(|(ts, _)| ts))
                     .await
                 {
-                    Ok(rest) => pump.feed(rest, true).await.and_then(|()| pump.finish()),
+                    Ok(rest) => pump
+                        .feed(rest, true, None)
+                        .await
+                        .and_then(|()| pump.finish()),
                     Err(e) => Err(e.into()),
                 },
                 Err(e) => Err(e),
             },
-            Ok(Err(join)) => Err(RunError::Output(std::io::Error::other(join))),
-            Err(_) => Ok(()),
+            Err(join) => Err(RunError::Output(std::io::Error::other(join))),
         };
         for task in io_tasks {
             task.abort();
@@ -873,6 +887,10 @@ impl Orchestrator {
         Ok(())
     }
 }
+
+/// How long the log follow stream may go on after the container has exited before moat stops
+/// following and catches up with a plain read instead.
+const LOG_DRAIN: Duration = Duration::from_secs(30);
 
 /// The image's system trust store (Debian/Ubuntu layout; other images get the file created).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -1056,13 +1074,27 @@ type LogStreamBox =
 
 impl LogPump {
     /// Processes `logs`; with `catch_up`, chunks at or before the cursor are skipped.
-    async fn feed(&mut self, mut logs: LogStreamBox, catch_up: bool) -> Result<(), RunError> {
+    /// Records (and passes through) `logs` until the stream ends or `stop` is cancelled.
+    async fn feed(
+        &mut self,
+        mut logs: LogStreamBox,
+        catch_up: bool,
+        stop: Option<&CancellationToken>,
+    ) -> Result<(), RunError> {
         let mut skip_at_cursor = if catch_up {
             self.cursor.map_or(0, |(_, n)| n)
         } else {
             0
         };
-        while let Some(chunk) = logs.next().await {
+        loop {
+            let next = match stop {
+                Some(stop) => tokio::select! {
+                    chunk = logs.next() => chunk,
+                    () = stop.cancelled() => None,
+                },
+                None => logs.next().await,
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk?;
             if catch_up && let Some((ts, _)) = self.cursor {
                 if chunk.ts < ts {

@@ -34,6 +34,8 @@ pub(crate) struct Script {
     pub(crate) exit_code: Option<i64>,
     /// `create_container` fails.
     pub(crate) fail_create: bool,
+    /// The follow stream never ends after its chunks (an engine that does not close it).
+    pub(crate) follow_hangs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -177,7 +179,12 @@ impl Runtime for FakeRuntime {
     ) -> Result<BoxStream<'static, Result<LogChunk, RuntimeError>>, RuntimeError> {
         let mut all = Self::chunks(&self.script.chunks, 0);
         if follow {
-            return Ok(futures_util::stream::iter(all).boxed());
+            let stream = futures_util::stream::iter(all);
+            return Ok(if self.script.follow_hangs {
+                stream.chain(futures_util::stream::pending()).boxed()
+            } else {
+                stream.boxed()
+            });
         }
         all.extend(Self::chunks(
             &self.script.late_chunks,

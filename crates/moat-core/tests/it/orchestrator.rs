@@ -213,6 +213,39 @@ async fn a_run_is_driven_to_completion_and_cleaned_up() {
     assert!(!s.store.is_supervised(&meta.id));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_follow_stream_that_never_ends_loses_no_output() {
+    let s = setup(Script {
+        chunks: vec![(LogStream::Stdout, "first\n")],
+        late_chunks: vec![(LogStream::Stdout, "second\n")],
+        exit_code: Some(0),
+        follow_hangs: true,
+        ..Script::default()
+    });
+    let meta = create(&s, PolicyMode::Permissive, spec());
+    let (io, out) = io(CancellationToken::new());
+    let outcome = s
+        .orch
+        .supervise(
+            &meta.id,
+            io,
+            RunServices::audit_only(Arc::new(RecordingAudit::default())),
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    let lines: Vec<String> = s
+        .store
+        .read_logs(&meta.id)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.line)
+        .collect();
+    assert_eq!(lines, ["first", "second"]);
+    assert_eq!(&*out.lock().unwrap(), b"first\nsecond\n");
+}
+
 #[tokio::test]
 async fn container_spec_is_hardened() {
     let s = setup(Script {
