@@ -42,14 +42,8 @@ async fn curl(h: &Harness, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn curl_gets_the_credential_injected_over_both_protocols() {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API, OTHER], &[b"h2", b"http/1.1"]).await;
-    let h = harness(
-        EgressPolicy::default(),
-        vec![github_rule()],
-        upstream_settings(&ca, &[API, OTHER], addr),
-    )
-    .await;
+    let (h, state) =
+        upstream_harness(&[API, OTHER], &[b"h2", b"http/1.1"], vec![github_rule()]).await;
     for proto in ["--http1.1", "--http2"] {
         let (code, out, err) = curl(
             &h,
@@ -124,14 +118,7 @@ async fn curl_sees_denials_with_a_reason() {
 /// `SSL_CERT_FILE`, as a container would use it: no flags.
 #[tokio::test]
 async fn python_urllib_works_through_the_proxy_environment() {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
-    let h = harness(
-        EgressPolicy::default(),
-        vec![github_rule()],
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await;
+    let (h, state) = upstream_harness(&[API], &[b"http/1.1"], vec![github_rule()]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, &h.ca_pem).unwrap();

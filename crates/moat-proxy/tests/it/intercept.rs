@@ -1,19 +1,10 @@
-use moat_core::egress::EgressPolicy;
 use moat_core::egress::REDACTED;
 use moat_core::egress::RecordDecision;
 
 use crate::support::*;
 
 async fn setup(alpn: &[&[u8]]) -> (Harness, std::sync::Arc<UpstreamState>) {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API, OTHER], alpn).await;
-    let h = harness(
-        EgressPolicy::default(),
-        vec![github_rule()],
-        upstream_settings(&ca, &[API, OTHER], addr),
-    )
-    .await;
-    (h, state)
+    upstream_harness(&[API, OTHER], alpn, vec![github_rule()]).await
 }
 
 fn with_auth(

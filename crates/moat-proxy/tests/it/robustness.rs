@@ -76,14 +76,7 @@ async fn garbage_and_oversized_requests_are_answered_without_a_panic() {
 
 #[tokio::test]
 async fn garbage_inside_a_tunnel_is_dropped() {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
-    let h = harness(
-        EgressPolicy::default(),
-        vec![github_rule()],
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await;
+    let (h, state) = upstream_harness(&[API], &[b"http/1.1"], vec![github_rule()]).await;
     // Not TLS at all.
     let (code, mut tcp, _) = h.connect(&format!("{API}:443")).await;
     assert_eq!(code, 200);
@@ -221,14 +214,7 @@ async fn connection_cap_makes_extra_clients_wait() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
-    let h = harness(
-        EgressPolicy::default(),
-        vec![],
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await;
+    let (h, state) = upstream_harness(&[API], &[b"http/1.1"], vec![]).await;
     let resp = h
         .request(&format!("{API}:443"), b"http/1.1", get("/sse", API))
         .await;

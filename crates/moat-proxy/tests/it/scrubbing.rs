@@ -1,16 +1,9 @@
-use moat_core::egress::EgressPolicy;
-
 use crate::support::*;
 
 async fn setup() -> Harness {
-    let ca = TestCa::new();
-    let (addr, _) = tls_upstream(&ca, &[API], &[b"h2", b"http/1.1"]).await;
-    harness(
-        EgressPolicy::default(),
-        vec![github_rule()],
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await
+    upstream_harness(&[API], &[b"h2", b"http/1.1"], vec![github_rule()])
+        .await
+        .0
 }
 
 fn req(
@@ -94,18 +87,11 @@ async fn accept_encoding_is_restricted_for_credentialed_hosts() {
 
 #[tokio::test]
 async fn basic_encoded_credentials_are_scrubbed_too() {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API], &[b"http/1.1"]).await;
     let mut rule = github_rule();
     rule.format = moat_core::creds::InjectionFormat::Basic {
         username: "x-access-token".into(),
     };
-    let h = harness(
-        EgressPolicy::default(),
-        vec![rule],
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await;
+    let (h, state) = upstream_harness(&[API], &[b"http/1.1"], vec![rule]).await;
     // The upstream echoes every request header, including the injected Basic credential.
     let body = body_text(
         h.request(&format!("{API}:443"), b"h2", get("/echo", API))
@@ -127,16 +113,9 @@ async fn basic_encoded_credentials_are_scrubbed_too() {
 async fn scrubbed_bodies_carry_their_new_length() {
     // A placeholder shorter than the real value: a scrubbed body of known length must not be
     // sent with the upstream's Content-Length, on either client protocol.
-    let ca = TestCa::new();
-    let (addr, _) = tls_upstream(&ca, &[API], &[b"h2", b"http/1.1"]).await;
     let mut rule = github_rule();
     rule.placeholder = "short-ph".into();
-    let h = harness(
-        EgressPolicy::default(),
-        vec![rule],
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await;
+    let (h, _) = upstream_harness(&[API], &[b"h2", b"http/1.1"], vec![rule]).await;
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let resp = h
             .request(&format!("{API}:443"), alpn, get("/reflect", API))

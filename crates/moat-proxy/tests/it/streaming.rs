@@ -13,16 +13,8 @@ use tokio::io::AsyncWriteExt;
 use crate::support::*;
 
 async fn setup(alpn: &[&[u8]], rules: bool) -> (Harness, std::sync::Arc<UpstreamState>) {
-    let ca = TestCa::new();
-    let (addr, state) = tls_upstream(&ca, &[API], alpn).await;
     let rules = if rules { vec![github_rule()] } else { vec![] };
-    let h = harness(
-        EgressPolicy::default(),
-        rules,
-        upstream_settings(&ca, &[API], addr),
-    )
-    .await;
-    (h, state)
+    upstream_harness(&[API], alpn, rules).await
 }
 
 #[tokio::test]

@@ -464,6 +464,23 @@ pub(crate) fn github_rule() -> InjectionRule {
     }
 }
 
+/// A TLS upstream serving `hosts` on `alpn`, and a proxy with `rules` that reaches it.
+pub(crate) async fn upstream_harness(
+    hosts: &[&str],
+    alpn: &[&[u8]],
+    rules: Vec<InjectionRule>,
+) -> (Harness, Arc<UpstreamState>) {
+    let ca = TestCa::new();
+    let (addr, state) = tls_upstream(&ca, hosts, alpn).await;
+    let h = harness(
+        EgressPolicy::default(),
+        rules,
+        upstream_settings(&ca, hosts, addr),
+    )
+    .await;
+    (h, state)
+}
+
 pub(crate) async fn harness(
     policy: EgressPolicy,
     rules: Vec<InjectionRule>,
