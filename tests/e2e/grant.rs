@@ -2,7 +2,6 @@
 //! and damaged stores.
 
 use std::io::Write;
-use std::process::Stdio;
 
 use moat_e2e::TestEnv;
 use moat_e2e::text;
@@ -137,21 +136,15 @@ fn the_gh_cli_login_is_offered_on_a_terminal() {
         bin.path().display(),
         std::env::var("PATH").unwrap()
     );
-    let cmd = format!("{} grant github", moat_e2e::moat_bin().display());
-    // `script` gives moat a terminal, so it may ask before using the gh login.
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &cmd, "/dev/null"])
+    // A terminal, so moat may ask before using the gh login.
+    let mut child = env
+        .moat_in_terminal(&["grant", "github"])
         .env("PATH", path)
-        .env("MOAT_HOME", env.home.path())
         .env("MOAT_RESOLVE", gh.resolve(&["api.github.com"]))
         .env("MOAT_UPSTREAM_CA", &gh.ca_path)
         .env("MOAT_KEYRING", "file")
-        .env("NO_COLOR", "1")
         .env_remove("GITHUB_TOKEN")
         .env_remove("GH_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();

@@ -139,17 +139,8 @@ fn attach_reaches_the_tty_of_a_detached_run() {
             "read line; echo got:$line; tty; exit 5",
         ],
     );
-    // `script` gives `moat attach` a real terminal; what we write reaches the container.
-    let cmd = format!("{} attach tty", moat_e2e::moat_bin().display());
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &cmd, "/dev/null"])
-        .env("MOAT_HOME", env.home.path())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // `moat attach` in a real terminal; what we write reaches the container.
+    let mut child = env.moat_in_terminal(&["attach", "tty"]).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     stdin.write_all(b"hello-tty\r").unwrap();

@@ -127,6 +127,27 @@ impl TestEnv {
         }
     }
 
+    /// `moat args…` inside a pseudo-terminal (`script`), set up like [`TestEnv::moat`], with
+    /// piped stdin, stdout (the screen) and stderr.
+    pub fn moat_in_terminal(&self, args: &[&str]) -> Command {
+        let mut line = shell_quote(&moat_bin().display().to_string());
+        for a in args {
+            line.push(' ');
+            line.push_str(&shell_quote(a));
+        }
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", &line, "/dev/null"])
+            .env("MOAT_HOME", self.home.path())
+            .env("MOAT_DEFAULT_IMAGE", test_image())
+            .env("NO_COLOR", "1")
+            .env_remove("MOAT_RUNTIME")
+            .current_dir(self.ws.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// A `moat` command in this environment (the test image is the default image).
     pub fn moat(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(moat_bin());
@@ -236,4 +257,9 @@ pub fn wait_gone(id: &str) -> bool {
 /// Lossy UTF-8.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `s` as one POSIX shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
