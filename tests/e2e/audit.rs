@@ -12,7 +12,7 @@ fn audited_run(env: &TestEnv, name: &str) -> (String, PathBuf) {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = env.run_json(name);
     let id = run["id"].as_str().unwrap().to_owned();
-    let log = env.home.path().join("runs").join(&id).join("audit.db");
+    let log = env.run_dir(&id).join("audit.db");
     assert!(log.exists());
     (id, log)
 }
@@ -59,8 +59,7 @@ fn an_intact_run_verifies_and_its_events_are_recorded() {
         );
     }
     // run.created pins the image by digest.
-    let log =
-        std::fs::read_to_string(env.home.path().join("runs").join(&id).join("audit.db")).unwrap();
+    let log = std::fs::read_to_string(env.run_dir(&id).join("audit.db")).unwrap();
     assert!(log.contains("\"image_digest\":\"sha256:"), "{log}");
     // An inclusion proof for entry 1 verifies.
     let (code, shown) = audit(&env, &["--prove", "1", &id]);
@@ -118,10 +117,7 @@ fn checking_evidence_never_creates_a_new_signing_key() {
         text(&out.stderr)
     );
     assert!(!key.exists(), "a read must not mint a new signer");
-    assert!(
-        env.home.path().join("runs").join(&id).exists(),
-        "the evidence was kept"
-    );
+    assert!(env.run_dir(&id).exists(), "the evidence was kept");
 }
 
 #[test]

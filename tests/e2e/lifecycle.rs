@@ -72,14 +72,7 @@ fn detached_run_follow_stop_destroy() {
     assert!(status.success());
     assert!(reader.join().unwrap().contains("stdout started"));
     // Stopped runs keep their artifacts but not their container.
-    assert!(
-        env.home
-            .path()
-            .join("runs")
-            .join(&id)
-            .join("logs.jsonl")
-            .exists()
-    );
+    assert!(env.run_dir(&id).join("logs.jsonl").exists());
     assert!(docker_inspect(&container).is_none());
     assert!(docker_inspect(&network).is_none());
     // Stopping it again is not an error, and scripts still get the run as JSON.
@@ -90,7 +83,7 @@ fn detached_run_follow_stop_destroy() {
 
     let out = env.run(&["destroy", &id[..8]]); // unique ID prefix
     assert!(out.status.success(), "destroy: {}", text(&out.stderr));
-    assert!(!env.home.path().join("runs").join(&id).exists());
+    assert!(!env.run_dir(&id).exists());
     assert!(env.list().is_empty());
 }
 

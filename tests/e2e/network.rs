@@ -281,12 +281,7 @@ fn the_real_token_never_reaches_the_container() {
         "token in the container filesystem"
     );
     // moat's own records of the run.
-    let dir = net
-        .env
-        .home
-        .path()
-        .join("runs")
-        .join(run["id"].as_str().unwrap());
+    let dir = net.env.run_dir(run["id"].as_str().unwrap());
     for f in ["logs.jsonl", "network.jsonl", "metadata.json", "audit.db"] {
         let bytes = std::fs::read(dir.join(f)).unwrap_or_default();
         assert!(!contains(&bytes, TOKEN), "token in {f}");

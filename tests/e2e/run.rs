@@ -56,11 +56,7 @@ fn streams_exit_code_logs_and_list() {
     assert!(run["id"].as_str().unwrap().starts_with("run_"));
 
     // logs.jsonl carries the source timestamps and stream tags.
-    let dir = env
-        .home
-        .path()
-        .join("runs")
-        .join(run["id"].as_str().unwrap());
+    let dir = env.run_dir(run["id"].as_str().unwrap());
     let jsonl = std::fs::read_to_string(dir.join("logs.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = jsonl
         .lines()
@@ -107,11 +103,7 @@ fn long_lines_are_kept_whole_and_nothing_is_dropped() {
         100_001 + (0..2000).map(|i| format!("line{i}\n").len()).sum::<usize>() + 4
     );
     let run = env.run_json("long");
-    let dir = env
-        .home
-        .path()
-        .join("runs")
-        .join(run["id"].as_str().unwrap());
+    let dir = env.run_dir(run["id"].as_str().unwrap());
     let jsonl = std::fs::read_to_string(dir.join("logs.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = jsonl
         .lines()
@@ -261,7 +253,7 @@ fn kept_container_is_hardened_and_labelled() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(docker_inspect(run["container_id"].as_str().unwrap()).is_none());
     assert!(docker_inspect(run["network_id"].as_str().unwrap()).is_none());
-    assert!(!env.home.path().join("runs").join(id).exists());
+    assert!(!env.run_dir(id).exists());
 }
 
 #[test]

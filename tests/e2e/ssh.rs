@@ -246,14 +246,8 @@ fn signing_is_bound_to_the_granted_host() {
         "{report}"
     );
     let run = env.run_json("ssh1");
-    let log = std::fs::read_to_string(
-        env.home
-            .path()
-            .join("runs")
-            .join(run["id"].as_str().unwrap())
-            .join("audit.db"),
-    )
-    .unwrap();
+    let log =
+        std::fs::read_to_string(env.run_dir(run["id"].as_str().unwrap()).join("audit.db")).unwrap();
     assert!(log.contains("gitserver"), "bound host recorded");
     assert!(
         log.contains("\"decision\":\"allowed\"") && log.contains("\"denial\":\"host_not_granted\""),
@@ -289,14 +283,8 @@ fn signing_is_bound_to_the_granted_host() {
         text(&out.stderr)
     );
     let run = env.run_json("ssh2");
-    let log = std::fs::read_to_string(
-        env.home
-            .path()
-            .join("runs")
-            .join(run["id"].as_str().unwrap())
-            .join("audit.db"),
-    )
-    .unwrap();
+    let log =
+        std::fs::read_to_string(env.run_dir(run["id"].as_str().unwrap()).join("audit.db")).unwrap();
     assert!(log.contains("rsa-sha2-"), "{log}");
 }
 

@@ -127,6 +127,11 @@ impl TestEnv {
         }
     }
 
+    /// The directory of run `id` in this environment's `$MOAT_HOME`.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.home.path().join("runs").join(id)
+    }
+
     /// `moat args…` inside a pseudo-terminal (`script`), set up like [`TestEnv::moat`], with
     /// piped stdin, stdout (the screen) and stderr.
     pub fn moat_in_terminal(&self, args: &[&str]) -> Command {
