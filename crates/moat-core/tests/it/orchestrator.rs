@@ -224,16 +224,7 @@ async fn a_follow_stream_that_never_ends_loses_no_output() {
     });
     let meta = create(&s, PolicyMode::Permissive, spec());
     let (io, out) = io(CancellationToken::new());
-    let outcome = s
-        .orch
-        .supervise(
-            &meta.id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
-        .await
-        .unwrap();
+    let outcome = s.orch.supervise(&meta.id, io, services(), 1).await.unwrap();
     assert_eq!(outcome.exit_code, 0);
     let lines: Vec<String> = s
         .store
@@ -246,25 +237,28 @@ async fn a_follow_stream_that_never_ends_loses_no_output() {
     assert_eq!(&*out.lock().unwrap(), b"first\nsecond\n");
 }
 
-#[tokio::test]
-async fn container_spec_is_hardened() {
+/// Services that only record audit events, which the test does not look at.
+fn services() -> RunServices {
+    RunServices::audit_only(Arc::new(RecordingAudit::default()))
+}
+
+/// A kept run (container and network stay) under `policy`, supervised to its exit.
+async fn supervise_kept(policy: PolicyMode) -> (Setup, RunMetadata) {
     let s = setup(Script {
         exit_code: Some(0),
         ..Script::default()
     });
     let mut sp = spec();
     sp.keep = true;
-    let meta = create(&s, PolicyMode::Strict, sp);
+    let meta = create(&s, policy, sp);
     let (io, _) = io(CancellationToken::new());
-    s.orch
-        .supervise(
-            &meta.id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
-        .await
-        .unwrap();
+    s.orch.supervise(&meta.id, io, services(), 1).await.unwrap();
+    (s, meta)
+}
+
+#[tokio::test]
+async fn container_spec_is_hardened() {
+    let (s, meta) = supervise_kept(PolicyMode::Strict).await;
     let state = s.rt.state.lock().unwrap();
     // --keep keeps container and network.
     let (spec, _) = state.containers.values().next().unwrap();
@@ -281,23 +275,7 @@ async fn container_spec_is_hardened() {
 
 #[tokio::test]
 async fn removing_a_kept_strict_run_takes_its_firewall_rules_container_and_network() {
-    let s = setup(Script {
-        exit_code: Some(0),
-        ..Script::default()
-    });
-    let mut sp = spec();
-    sp.keep = true;
-    let meta = create(&s, PolicyMode::Strict, sp);
-    let (io, _) = io(CancellationToken::new());
-    s.orch
-        .supervise(
-            &meta.id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
-        .await
-        .unwrap();
+    let (s, meta) = supervise_kept(PolicyMode::Strict).await;
     let meta = s.store.load(&meta.id).unwrap();
     s.rt.state.lock().unwrap().calls.clear();
     s.orch.remove_objects(&meta).await.unwrap();
@@ -312,23 +290,7 @@ async fn removing_a_kept_strict_run_takes_its_firewall_rules_container_and_netwo
 
 #[tokio::test]
 async fn policy_none_has_no_network() {
-    let s = setup(Script {
-        exit_code: Some(0),
-        ..Script::default()
-    });
-    let mut sp = spec();
-    sp.keep = true;
-    let meta = create(&s, PolicyMode::None, sp);
-    let (io, _) = io(CancellationToken::new());
-    s.orch
-        .supervise(
-            &meta.id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
-        .await
-        .unwrap();
+    let (s, _) = supervise_kept(PolicyMode::None).await;
     let state = s.rt.state.lock().unwrap();
     assert!(state.networks.is_empty());
     let (spec, _) = state.containers.values().next().unwrap();
@@ -343,15 +305,7 @@ async fn cancel_stops_the_container() {
     let (io, _) = io(cancel.clone());
     let orch = s.orch.clone();
     let id = meta.id.clone();
-    let task = tokio::spawn(async move {
-        orch.supervise(
-            &id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
-        .await
-    });
+    let task = tokio::spawn(async move { orch.supervise(&id, io, services(), 1).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(s.store.is_supervised(&meta.id));
     assert_eq!(s.store.load(&meta.id).unwrap().state, RunState::Running);
@@ -402,15 +356,7 @@ async fn reconcile_stops_an_orphaned_container() {
     let (io, _) = io(cancel.clone());
     let orch = s.orch.clone();
     let id = meta.id.clone();
-    let task = tokio::spawn(async move {
-        orch.supervise(
-            &id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
-        .await
-    });
+    let task = tokio::spawn(async move { orch.supervise(&id, io, services(), 1).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     task.abort();
     let _ = task.await;
@@ -437,12 +383,7 @@ async fn a_second_supervisor_is_refused() {
     let (io, _) = io(CancellationToken::new());
     let err = s
         .orch
-        .supervise(
-            &meta.id,
-            io,
-            RunServices::audit_only(Arc::new(RecordingAudit::default())),
-            1,
-        )
+        .supervise(&meta.id, io, services(), 1)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already supervised"), "{err}");
