@@ -54,13 +54,15 @@ pub(crate) async fn run(ctx: &Context, args: RunArgs) -> CliResult<i32> {
     pull_with_progress(ctx, &orch, &plan.request.image)
         .await
         .map_err(pre)?;
-    crate::ssh::check_run_grants(ctx, &plan.request.grants)?;
-    crate::egress::check_grants(ctx, &plan.request.grants)?;
+    crate::ssh::check_run_grants(ctx, &plan.request.grants).map_err(pre)?;
+    crate::egress::check_grants(ctx, &plan.request.grants).map_err(pre)?;
     let mut meta = orch
         .create_run(plan.request)
         .map_err(|e| CliError::from_error(EXIT_PRE_RUN, &e))?;
     if !crate::ssh::ssh_grant_names(&meta.grants).is_empty() {
-        meta = crate::ssh::prepare_run(ctx, &meta)?;
+        // The run exists from here on: a failure is recorded in it, not left as `created`.
+        meta = crate::ssh::prepare_run(ctx, &meta)
+            .map_err(|e| fail_run(&orch, &meta, None, pre(e)))?;
     }
     if args.detach {
         return spawn_detached(ctx, &meta);
