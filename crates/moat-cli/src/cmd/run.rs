@@ -348,10 +348,23 @@ async fn supervise_foreground(
             );
             Ok(i32::try_from(outcome.exit_code).unwrap_or(1))
         }
-        Err(e) => Err(CliError::from_error(EXIT_PRE_RUN, &e).hint(format!(
-            "details are in `moat logs {}` and `moat list`",
-            meta.id
-        ))),
+        Err(e) => {
+            // 125 only when the container never ran (SPEC §3); a failure after it started
+            // (recording its output, say) is an ordinary failure.
+            let started = orch
+                .store()
+                .load(&meta.id)
+                .is_ok_and(|m| m.started_at.is_some());
+            let code = if started {
+                crate::error::EXIT_FAILURE
+            } else {
+                EXIT_PRE_RUN
+            };
+            Err(CliError::from_error(code, &e).hint(format!(
+                "details are in `moat logs {}` and `moat list`",
+                meta.id
+            )))
+        }
     }
 }
 
