@@ -204,6 +204,43 @@ fn workspace_paths_with_colons_and_spaces_mount_and_mounts_can_be_read_only() {
 }
 
 #[test]
+fn from_inside_the_container_no_privilege_can_be_used_or_regained() {
+    require_docker();
+    let env = TestEnv::new();
+    // Runs as the workspace owner (root here, as in CI): root without capabilities.
+    let out = env.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+         cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max; \
+         touch f; chown 1:1 f 2>/dev/null && echo CHOWNED; \
+         mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED; \
+         ip link add dummy0 type dummy 2>/dev/null && echo NETADMIN; \
+         echo done",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for line in [
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "4096",
+        "done",
+    ] {
+        assert!(
+            shown.lines().any(|l| l == line),
+            "missing {line:?} in {shown}"
+        );
+    }
+    for escaped in ["CHOWNED", "MOUNTED", "NETADMIN"] {
+        assert!(!shown.contains(escaped), "{escaped}: {shown}");
+    }
+}
+
+#[test]
 fn kept_container_is_hardened_and_labelled() {
     require_docker();
     let env = TestEnv::new();
