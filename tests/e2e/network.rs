@@ -210,6 +210,41 @@ fn concurrent_requests_are_all_injected_recorded_and_audited() {
     assert_eq!(report["event_types"]["credential.injected"], 40, "{report}");
 }
 
+#[test]
+fn internal_destinations_are_refused_by_the_proxy_even_when_policy_allows_all() {
+    require_docker();
+    let env = TestEnv::new();
+    // A permissive run: policy allows every host, the destination guard still refuses cloud
+    // metadata, the run's gateway (this host) and private addresses, over HTTP and HTTPS.
+    let out = env.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "GW=$(ip route | awk '/default/ {print $3}'); \
+         for url in http://169.254.169.254/latest/meta-data/ http://$GW:22/ https://10.1.2.3/; do \
+           curl -s -D - -o /dev/null \"$url\" | tr -d '\\r' | grep -i '^x-moat-blocked'; \
+         done",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert_eq!(
+        shown
+            .lines()
+            .filter(|l| l.eq_ignore_ascii_case("x-moat-blocked: destination-not-allowed"))
+            .count(),
+        3,
+        "{shown}"
+    );
+    let records = text(&env.run(&["trace", "--network", "--json"]).stdout);
+    let denied = records
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["decision"] == "denied" && r["reason"] == "destination-not-allowed")
+        .count();
+    assert_eq!(denied, 3, "{records}");
+}
+
 fn first_run_id(env: &TestEnv) -> String {
     env.list().into_iter().next().unwrap()["id"]
         .as_str()
