@@ -245,6 +245,87 @@ fn internal_destinations_are_refused_by_the_proxy_even_when_policy_allows_all() 
     assert_eq!(denied, 3, "{records}");
 }
 
+#[test]
+fn config_yaml_settings_apply_and_the_environment_wins() {
+    require_docker();
+    let env = TestEnv::new();
+    let gh = github();
+    // Everything from config.yaml: upstream overrides and trust, and a default image that
+    // does not exist.
+    std::fs::write(
+        env.home.path().join("config.yaml"),
+        format!(
+            "default_image: moat-no-such-image:x\nkeyring: file\nproxy:\n  resolve: [\"{}\"]\n  upstream_ca: {}\n",
+            gh.resolve(&["api.github.com"]),
+            gh.ca_path.display()
+        ),
+    )
+    .unwrap();
+    let moat = |args: &[&str]| {
+        let mut cmd = env.moat(args);
+        cmd.env_remove("MOAT_RESOLVE")
+            .env_remove("MOAT_UPSTREAM_CA")
+            .env_remove("MOAT_KEYRING")
+            .env_remove("GITHUB_TOKEN")
+            .env_remove("GH_TOKEN");
+        cmd
+    };
+    // Grant validation reaches the impersonated host through config.yaml's overrides.
+    let out = moat(&["grant", "github"])
+        .env("GITHUB_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // MOAT_DEFAULT_IMAGE (set by the harness) wins over config.yaml's image; the proxy uses
+    // config.yaml's overrides too.
+    let out = moat(&[
+        "run",
+        "--grant",
+        "github",
+        "--",
+        "curl",
+        "-s",
+        "https://api.github.com/user",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("octocat"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without the variable, config.yaml's image is the one asked for.
+    let out = moat(&["run", "--", "true"])
+        .env_remove("MOAT_DEFAULT_IMAGE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("moat-no-such-image"),
+        "{}",
+        text(&out.stderr)
+    );
+    // MOAT_RESOLVE wins over config.yaml's overrides: pointed at nothing, the request fails.
+    let out = moat(&[
+        "run",
+        "--grant",
+        "github",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "https://api.github.com/user",
+    ])
+    .env("MOAT_RESOLVE", "api.github.com:443=127.0.0.1:9")
+    .output()
+    .unwrap();
+    assert_eq!(text(&out.stdout), "502", "{}", text(&out.stderr));
+}
+
 fn first_run_id(env: &TestEnv) -> String {
     env.list().into_iter().next().unwrap()["id"]
         .as_str()
