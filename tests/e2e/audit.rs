@@ -101,6 +101,41 @@ fn a_rollback_is_caught_by_the_witness_and_the_witness_cannot_be_garbled() {
 }
 
 #[test]
+fn a_log_rewritten_and_signed_with_another_key_is_a_forgery() {
+    require_docker();
+    let env = TestEnv::new();
+    let (id, log) = audited_run(&env, "forged");
+    // The attacker replays the run's events into a fresh, internally consistent log signed
+    // by their own key, and removes the witness that would also give them away.
+    let events: Vec<(String, serde_json::Value)> = entry_lines(&log)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let e = v.get("entry")?;
+            Some((e["type"].as_str()?.to_owned(), e["data"].clone()))
+        })
+        .collect();
+    assert!(events.len() >= 4, "{events:?}");
+    std::fs::remove_file(&log).unwrap();
+    std::fs::remove_file(log.with_file_name("audit.witness.json")).unwrap();
+    let forger = moat_audit::AuditKey::generate().unwrap();
+    let forged =
+        moat_audit::AuditLog::create(&log, &id, forger, moat_audit::LogOptions::default()).unwrap();
+    for (kind, data) in events {
+        let data = if kind == "container.exited" {
+            serde_json::json!({ "container_id": data["container_id"], "exit_code": 0 })
+        } else {
+            data
+        };
+        forged.append(&kind, data).unwrap();
+    }
+    forged.close().unwrap();
+    let (code, shown) = audit(&env, &[&id]);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("TAMPERED"), "{shown}");
+}
+
+#[test]
 fn checking_evidence_never_creates_a_new_signing_key() {
     require_docker();
     let env = TestEnv::new();
