@@ -241,6 +241,40 @@ fn from_inside_the_container_no_privilege_can_be_used_or_regained() {
 }
 
 #[test]
+fn environment_and_resource_limits_reach_the_container() {
+    require_docker();
+    let env = TestEnv::new();
+    std::fs::write(
+        env.ws.path().join("moat.yaml"),
+        "env:\n  A: from-yaml\n  B: 2\ncontainer:\n  memory: 256m\n  cpus: 0.5\n",
+    )
+    .unwrap();
+    // A non-root workspace owner gets HOME=/tmp; -e wins over moat.yaml's env.
+    std::os::unix::fs::chown(env.ws.path(), Some(4242), Some(4343)).unwrap();
+    let out = env.run(&[
+        "run",
+        "-e",
+        "A=from-flag",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$A $B $HOME\"; \
+         cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+         cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.first(), Some(&"from-flag 2 /tmp"), "{shown}");
+    assert_eq!(lines.get(1), Some(&"268435456"), "256m: {shown}");
+    // Half a CPU: a 50,000 µs quota per 100,000 µs period.
+    assert!(
+        lines.get(2).is_some_and(|l| l.starts_with("50000")),
+        "{shown}"
+    );
+}
+
+#[test]
 fn kept_container_is_hardened_and_labelled() {
     require_docker();
     let env = TestEnv::new();
