@@ -306,6 +306,50 @@ fn a_missing_agent_or_grant_stops_the_run_before_it_starts() {
 }
 
 #[test]
+fn a_granted_run_without_a_live_agent_stops_before_it_starts() {
+    require_docker();
+    let env = TestEnv::new();
+    let agent = Agent::start();
+    // Any valid key serves as the pinned host key here: no host is contacted.
+    let kh = env.ws.path().join("known_hosts");
+    std::fs::write(&kh, format!("gitserver {}\n", agent.pub_key("id_ed25519"))).unwrap();
+    let out = env
+        .moat(&[
+            "grant",
+            "ssh",
+            "--host",
+            "gitserver",
+            "--key",
+            &agent.pub_path("id_ed25519"),
+            "--known-hosts",
+            kh.to_str().unwrap(),
+        ])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "grant ssh: {}", text(&out.stderr));
+    // A socket file whose agent is gone.
+    let stale = env.ws.path().join("dead-agent.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    for (sock, says) in [
+        (None, "SSH_AUTH_SOCK"),
+        (Some(&stale), "no SSH agent answers"),
+    ] {
+        let mut cmd = env.moat(&["run", "-g", "ssh:gitserver", "--", "true"]);
+        match sock {
+            Some(s) => cmd.env("SSH_AUTH_SOCK", s),
+            None => cmd.env_remove("SSH_AUTH_SOCK"),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(stderr.contains("ssh-agent"), "{stderr}");
+        assert!(env.run_dirs().is_empty(), "{stderr}");
+    }
+}
+
+#[test]
 fn ssh_to_a_granted_host_works_under_strict_policy_and_nothing_else_does() {
     require_docker();
     let env = TestEnv::new();

@@ -182,15 +182,18 @@ pub(crate) fn check_run_grants(ctx: &Context, grants: &[String]) -> CliResult<()
         code: EXIT_PRE_RUN,
         ..e
     })?;
-    if !sock.exists() {
-        return Err(CliError::new(
-            EXIT_PRE_RUN,
+    // Connecting is the check: a socket file left by an agent that died refuses.
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&sock) {
+        let what = if sock.exists() {
+            format!("no SSH agent answers at {} ({e})", sock.display())
+        } else {
             format!(
                 "SSH_AUTH_SOCK points at {}, which does not exist",
                 sock.display()
-            ),
-        )
-        .hint("start an agent: `eval $(ssh-agent)` then `ssh-add`"));
+            )
+        };
+        return Err(CliError::new(EXIT_PRE_RUN, what)
+            .hint("start an agent: `eval $(ssh-agent)` then `ssh-add`"));
     }
     Ok(())
 }
