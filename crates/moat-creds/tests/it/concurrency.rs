@@ -16,19 +16,17 @@ use moat_creds::CredentialStore;
 use moat_creds::GrantMeta;
 use moat_creds::GrantRecord;
 use moat_creds::GrantSource;
-use moat_creds::KeyringMode;
 use moat_creds::StoreKey;
-use moat_creds::UnavailableOsKeyring;
 
 use crate::support::TestResult;
+use crate::support::key_file_store;
 
 const WRITER_ENV: &str = "MOAT_CREDS_IT_WRITER";
 const WRITERS: usize = 20;
 const ROUNDS: usize = 5;
 
 fn write_as(dir: &Path, index: usize) -> TestResult {
-    let key = StoreKey::resolve(KeyringMode::File, dir, None, &UnavailableOsKeyring)?;
-    let store = CredentialStore::open(dir, key)?;
+    let store = key_file_store(dir)?;
     for round in 0..ROUNDS {
         for name in ["shared".to_owned(), format!("own-{index}")] {
             store.save(&GrantRecord {

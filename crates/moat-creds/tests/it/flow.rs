@@ -9,15 +9,13 @@ use moat_creds::GrantError;
 use moat_creds::GrantRequest;
 use moat_creds::GrantSource;
 use moat_creds::Granter;
-use moat_creds::KeyringMode;
 use moat_creds::ProviderRegistry;
-use moat_creds::StoreKey;
-use moat_creds::UnavailableOsKeyring;
 
 use crate::support::AcceptingValidator;
 use crate::support::FakePrompter;
 use crate::support::TestResult;
 use crate::support::install_script;
+use crate::support::key_file_store;
 
 const GH_TOKEN: &str = "gho_FakeGhCliToken0123456789abcdefABCDEF";
 
@@ -34,9 +32,7 @@ fn fake_gh(dir: &std::path::Path) -> Result<std::path::PathBuf, std::io::Error> 
 fn store(
     dir: &std::path::Path,
 ) -> Result<CredentialStore, Box<dyn std::error::Error + Send + Sync>> {
-    let creds = dir.join("credentials");
-    let key = StoreKey::resolve(KeyringMode::File, &creds, None, &UnavailableOsKeyring)?;
-    Ok(CredentialStore::open(creds, key)?)
+    key_file_store(&dir.join("credentials"))
 }
 
 fn request(provider: &str, env: &[(&str, &str)]) -> GrantRequest {

@@ -8,13 +8,11 @@ use moat_creds::CredentialStore;
 use moat_creds::GrantMeta;
 use moat_creds::GrantRecord;
 use moat_creds::GrantSource;
-use moat_creds::KeyringMode;
 use moat_creds::ProviderRegistry;
 use moat_creds::StoreCredentialProvider;
-use moat_creds::StoreKey;
-use moat_creds::UnavailableOsKeyring;
 
 use crate::support::TestResult;
+use crate::support::key_file_store;
 
 fn save(store: &CredentialStore, name: &str, value: &str) -> Result<(), moat_creds::StoreError> {
     store.save(&GrantRecord {
@@ -32,8 +30,7 @@ fn save(store: &CredentialStore, name: &str, value: &str) -> Result<(), moat_cre
 #[tokio::test]
 async fn resolves_rules_and_placeholders() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let key = StoreKey::resolve(KeyringMode::File, dir.path(), None, &UnavailableOsKeyring)?;
-    let store = CredentialStore::open(dir.path(), key)?;
+    let store = key_file_store(dir.path())?;
     save(&store, "github", "ghp_realrealrealrealrealrealrealrealreal")?;
     save(&store, "anthropic", "sk-ant-api03-real")?;
     save(&store, "openai", "sk-realopenai")?;
@@ -107,8 +104,7 @@ async fn resolves_rules_and_placeholders() -> TestResult {
 #[tokio::test]
 async fn missing_and_corrupt_grants_fail_clearly() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let key = StoreKey::resolve(KeyringMode::File, dir.path(), None, &UnavailableOsKeyring)?;
-    let store = CredentialStore::open(dir.path(), key)?;
+    let store = key_file_store(dir.path())?;
     std::fs::write(store.path_for("openai"), b"garbage")?;
     let provider = StoreCredentialProvider::new(store, ProviderRegistry::new(None));
     let err = provider

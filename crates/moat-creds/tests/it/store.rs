@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
 
 use chrono::Utc;
 use moat_core::Secret;
@@ -23,6 +22,7 @@ use moat_creds::UnavailableOsKeyring;
 use moat_creds::store::CorruptReason;
 
 use crate::support::TestResult;
+use crate::support::key_file_store;
 
 const TOKEN: &str = "ghp_S3cr3tT0k3nValueThatMustNeverLeak0001";
 
@@ -48,11 +48,6 @@ fn record(name: &str, value: &str) -> GrantRecord {
         },
         value: Secret::new(value),
     }
-}
-
-fn key_file_store(dir: &Path) -> Result<CredentialStore, Box<dyn std::error::Error + Send + Sync>> {
-    let key = StoreKey::resolve(KeyringMode::File, dir, None, &UnavailableOsKeyring)?;
-    Ok(CredentialStore::open(dir, key)?)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

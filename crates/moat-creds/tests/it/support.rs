@@ -19,6 +19,19 @@ use tokio::io::AsyncWriteExt as _;
 
 pub(crate) type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// A store in `dir` whose key lives in a key file there (no OS keyring, no passphrase).
+pub(crate) fn key_file_store(
+    dir: &Path,
+) -> Result<moat_creds::CredentialStore, Box<dyn std::error::Error + Send + Sync>> {
+    let key = moat_creds::StoreKey::resolve(
+        moat_creds::KeyringMode::File,
+        dir,
+        None,
+        &moat_creds::UnavailableOsKeyring,
+    )?;
+    Ok(moat_creds::CredentialStore::open(dir, key)?)
+}
+
 /// A scripted terminal.
 #[derive(Debug, Default)]
 pub(crate) struct FakePrompter {

@@ -11,12 +11,9 @@ use moat_creds::GrantError;
 use moat_creds::GrantRequest;
 use moat_creds::Granter;
 use moat_creds::HttpValidator;
-use moat_creds::KeyringMode;
 use moat_creds::ProviderRegistry;
 use moat_creds::ResolveOverride;
 use moat_creds::StoreCredentialProvider;
-use moat_creds::StoreKey;
-use moat_creds::UnavailableOsKeyring;
 use moat_creds::UpstreamOverrides;
 use moat_creds::ValidationError;
 use moat_creds::Validator as _;
@@ -25,6 +22,7 @@ use crate::support::FakePrompter;
 use crate::support::TestResult;
 use crate::support::TestUpstream;
 use crate::support::header;
+use crate::support::key_file_store;
 
 const GOOD: &str = "ghp_GoodTokenGoodTokenGoodTokenGoodToken1";
 const BAD: &str = "ghp_BadTokenBadTokenBadTokenBadTokenBad12";
@@ -46,8 +44,7 @@ fn overrides(upstream: &TestUpstream, hosts: &[&str]) -> UpstreamOverrides {
 fn store(
     dir: &std::path::Path,
 ) -> Result<CredentialStore, Box<dyn std::error::Error + Send + Sync>> {
-    let key = StoreKey::resolve(KeyringMode::File, dir, None, &UnavailableOsKeyring)?;
-    Ok(CredentialStore::open(dir, key)?)
+    key_file_store(dir)
 }
 
 fn env_request(provider: &str, var: &str, value: &str) -> GrantRequest {
