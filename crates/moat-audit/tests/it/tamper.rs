@@ -25,6 +25,16 @@ fn verify(path: &std::path::Path) -> Report {
     verify_log(path, &key().public_key()).expect("readable")
 }
 
+/// Exports the fixture's bundle, lets `edit` change it, and returns the problem a pinned
+/// verification names.
+fn edit_bundle(path: &std::path::Path, edit: impl FnOnce(&mut Value)) -> Problem {
+    let bundle = export_bundle(path, &key().public_key()).expect("export");
+    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
+    edit(&mut value);
+    let edited = serde_json::to_vec(&value).expect("serialize");
+    tampered(&verify_bundle(&edited, Some(&key().public_key()))).clone()
+}
+
 fn tampered(report: &Report) -> &Problem {
     assert_eq!(report.verdict, Verdict::Tampered, "{}", report.message);
     assert!(report.is_tampered());
@@ -342,14 +352,13 @@ fn reformatted_bundle_is_told_apart_from_an_edited_one() {
 #[test]
 fn bundle_tail_truncated_under_the_last_checkpoint_is_named() {
     let (_dir, path) = fixture();
-    let bundle = export_bundle(&path, &key().public_key()).expect("export");
-    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
-    let entries = value["entries"].as_array_mut().expect("entries");
-    entries.truncate(11);
-    let edited = serde_json::to_vec(&value).expect("serialize");
+    let problem = edit_bundle(&path, |value| {
+        let entries = value["entries"].as_array_mut().expect("entries");
+        entries.truncate(11);
+    });
     assert_eq!(
-        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
-        &Problem::Truncated {
+        problem,
+        Problem::Truncated {
             checkpoint: 2,
             tree_size: 12,
             entries: 11
@@ -385,24 +394,23 @@ fn bundle_resigned_with_a_foreign_key_fails_against_the_pinned_key() {
 #[test]
 fn bundle_with_one_foreign_checkpoint_is_named() {
     let (_dir, path) = fixture();
-    let bundle = export_bundle(&path, &key().public_key()).expect("export");
-    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
-    let cp: Checkpoint =
-        serde_json::from_value(value["checkpoints"][1].clone()).expect("checkpoint");
-    let resigned = Checkpoint::sign(
-        &foreign_key(),
-        RUN,
-        cp.tree_size,
-        cp.root,
-        cp.chain,
-        cp.ts.clone(),
-        cp.is_final,
-    );
-    value["checkpoints"][1] = serde_json::to_value(&resigned).expect("serialize");
-    let edited = serde_json::to_vec(&value).expect("serialize");
+    let problem = edit_bundle(&path, |value| {
+        let cp: Checkpoint =
+            serde_json::from_value(value["checkpoints"][1].clone()).expect("checkpoint");
+        let resigned = Checkpoint::sign(
+            &foreign_key(),
+            RUN,
+            cp.tree_size,
+            cp.root,
+            cp.chain,
+            cp.ts.clone(),
+            cp.is_final,
+        );
+        value["checkpoints"][1] = serde_json::to_value(&resigned).expect("serialize");
+    });
     assert_eq!(
-        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
-        &Problem::ForeignKey {
+        problem,
+        Problem::ForeignKey {
             checkpoint: 1,
             expected: key().public_key().key_id(),
             found: foreign_key().public_key().key_id(),
@@ -480,16 +488,15 @@ fn moved_checkpoint_line_is_named() {
 #[test]
 fn reordered_bundle_checkpoints_are_named() {
     let (_dir, path) = fixture();
-    let bundle = export_bundle(&path, &key().public_key()).expect("export");
-    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
-    value["checkpoints"]
-        .as_array_mut()
-        .expect("checkpoints")
-        .swap(0, 1);
-    let edited = serde_json::to_vec(&value).expect("serialize");
+    let problem = edit_bundle(&path, |value| {
+        value["checkpoints"]
+            .as_array_mut()
+            .expect("checkpoints")
+            .swap(0, 1);
+    });
     assert_eq!(
-        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
-        &Problem::CheckpointOrder {
+        problem,
+        Problem::CheckpointOrder {
             checkpoint: 1,
             tree_size: 5,
             previous: 10
@@ -510,13 +517,12 @@ fn checkpoint_from_another_run_is_named() {
         log.append(t, d).expect("append");
     }
     let foreign_cp = log.last_checkpoint().expect("checkpoint after 5");
-    let bundle = export_bundle(&path, &key().public_key()).expect("export");
-    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
-    value["checkpoints"][0] = serde_json::to_value(&foreign_cp).expect("serialize");
-    let edited = serde_json::to_vec(&value).expect("serialize");
+    let problem = edit_bundle(&path, |value| {
+        value["checkpoints"][0] = serde_json::to_value(&foreign_cp).expect("serialize");
+    });
     assert_eq!(
-        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
-        &Problem::WrongOrigin {
+        problem,
+        Problem::WrongOrigin {
             checkpoint: 0,
             expected: format!("moat/{RUN}"),
             found: "moat/run_ffffffffffff".into()
@@ -527,18 +533,14 @@ fn checkpoint_from_another_run_is_named() {
 #[test]
 fn checkpoint_field_with_a_line_break_is_named() {
     let (_dir, path) = fixture();
-    let bundle = export_bundle(&path, &key().public_key()).expect("export");
-    let mut value: Value = serde_json::from_slice(&bundle).expect("json");
-    let ts = value["checkpoints"][0]["ts"]
-        .as_str()
-        .expect("ts")
-        .to_owned();
-    value["checkpoints"][0]["ts"] = Value::String(format!("{ts}\nfinal true"));
-    let edited = serde_json::to_vec(&value).expect("serialize");
-    assert_eq!(
-        tampered(&verify_bundle(&edited, Some(&key().public_key()))),
-        &Problem::MalformedCheckpoint { checkpoint: 0 }
-    );
+    let problem = edit_bundle(&path, |value| {
+        let ts = value["checkpoints"][0]["ts"]
+            .as_str()
+            .expect("ts")
+            .to_owned();
+        value["checkpoints"][0]["ts"] = Value::String(format!("{ts}\nfinal true"));
+    });
+    assert_eq!(problem, Problem::MalformedCheckpoint { checkpoint: 0 });
 }
 
 #[test]
