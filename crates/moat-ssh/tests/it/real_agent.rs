@@ -148,14 +148,7 @@ async fn bound_session_signs_and_other_host_is_refused() {
 
     // A session bound to github.test's host key: the signature is returned and verifies.
     let sid = random_session_id(1);
-    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
-        .await
-        .expect("connect");
-    let bind = session_bind(&f.host_agent, &f.github_host, &sid, false).await;
-    assert_eq!(
-        Response::parse(&conn.call(&bind).await.expect("bind")),
-        Ok(Response::Success)
-    );
+    let mut conn = bound_client(&proxy, &f.host_agent, &f.github_host, &sid).await;
     let data = userauth(&sid, &f.user_ed.public, "ssh-ed25519");
     let request = SignRequest {
         key: f.user_ed.public.as_bytes().to_vec(),
@@ -173,14 +166,7 @@ async fn bound_session_signs_and_other_host_is_refused() {
 
     // The same key, bound to another host's (genuine) host key: refused.
     let sid = random_session_id(2);
-    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
-        .await
-        .expect("connect");
-    let bind = session_bind(&f.host_agent, &f.other_host, &sid, false).await;
-    assert_eq!(
-        Response::parse(&conn.call(&bind).await.expect("bind")),
-        Ok(Response::Success)
-    );
+    let mut conn = bound_client(&proxy, &f.host_agent, &f.other_host, &sid).await;
     let request = SignRequest {
         key: f.user_ed.public.as_bytes().to_vec(),
         data: userauth(&sid, &f.user_ed.public, "ssh-ed25519"),
@@ -228,11 +214,7 @@ async fn bound_session_signs_and_other_host_is_refused() {
 
     // The ungranted RSA key cannot sign even on a session bound to the granted host.
     let sid = random_session_id(5);
-    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
-        .await
-        .expect("connect");
-    let bind = session_bind(&f.host_agent, &f.github_host, &sid, false).await;
-    conn.call(&bind).await.expect("bind");
+    let mut conn = bound_client(&proxy, &f.host_agent, &f.github_host, &sid).await;
     let request = SignRequest {
         key: f.user_rsa.public.as_bytes().to_vec(),
         data: userauth(&sid, &f.user_rsa.public, "rsa-sha2-256"),
@@ -285,13 +267,8 @@ async fn rsa_signature_flags_are_preserved() {
     let f = fixture().await;
     let grants = vec![grant(&f, "github.test", &f.user_rsa).await];
     let (proxy, sink) = start_proxy(f.dir.path(), &f.user_agent.socket, grants).await;
-    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
-        .await
-        .expect("connect");
     let sid = random_session_id(6);
-    conn.call(&session_bind(&f.host_agent, &f.github_host, &sid, false).await)
-        .await
-        .expect("bind");
+    let mut conn = bound_client(&proxy, &f.host_agent, &f.github_host, &sid).await;
 
     for (flags, algorithm) in [
         (sign_flags::RSA_SHA2_256, "rsa-sha2-256"),
@@ -776,4 +753,22 @@ async fn attempt(
         flags: 0,
     };
     (bound, conn.sign(&request).await.is_ok())
+}
+
+/// A client of the proxy whose session is bound (and accepted) to `host`'s key.
+async fn bound_client(
+    proxy: &moat_ssh::AgentProxy,
+    host_agent: &RealAgent,
+    host: &KeyFile,
+    sid: &[u8],
+) -> moat_ssh::AgentClient {
+    let mut conn = moat_ssh::AgentClient::connect(proxy.socket_path(), TIMEOUT)
+        .await
+        .expect("connect");
+    let bind = session_bind(host_agent, host, sid, false).await;
+    assert_eq!(
+        Response::parse(&conn.call(&bind).await.expect("bind")),
+        Ok(Response::Success)
+    );
+    conn
 }
