@@ -709,14 +709,8 @@ pub(crate) fn parse_log(bytes: &[u8]) -> Result<ParsedLog<'_>, (Option<String>, 
 pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
     let key_id = p.key.key_id();
     let mut report = Report {
-        run_id: Some(p.run_id.to_owned()),
         verdict: Verdict::Intact,
-        message: String::new(),
         entries: p.entries.len() as u64,
-        verified_entries: 0,
-        chain_intact: true,
-        chain_head: Hash32::ZERO,
-        merkle_root: crate::merkle::empty_root(),
         key: Some(KeyReport {
             fingerprint: p.key.fingerprint(),
             key_id: key_id.clone(),
@@ -742,15 +736,8 @@ pub(crate) fn verify_parsed(p: &Parsed<'_, '_>) -> Report {
                 }
             })
             .collect(),
-        first_ts: None,
-        last_ts: None,
-        event_types: BTreeMap::new(),
-        last_checkpoint_covers_all: false,
-        finished_cleanly: false,
-        unsealed_entries: 0,
         torn_tail: p.torn_tail,
-        writer_active: false,
-        problem: None,
+        ..Report::unfinished_empty(Some(p.run_id.to_owned()), String::new())
     };
     let mut walk = Walk {
         p,
