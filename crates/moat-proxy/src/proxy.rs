@@ -1043,7 +1043,6 @@ impl Tunnel {
         }
         let start = Instant::now();
         let run = &self.run;
-        let target = &self.target;
         let method = req.method().clone();
         let (path, mut record) = self.open_record(&req, method.as_str());
         let compiled = run.rules();
@@ -1056,19 +1055,9 @@ impl Tunnel {
 
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let covered = inject::covers(rules, &target.host, target.port);
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(header::HOST);
-        let injection = inject::apply(&compiled, &target.host, target.port, &mut parts.headers);
-        if let Injection::Injected(grant) = &injection {
-            record.grant = Some(grant.clone());
-        }
-        if covered {
-            restrict_accept_encoding(&mut parts.headers);
-            // Compressed WebSocket frames could hide a reflected credential from the scrubber.
-            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-        }
+        let covered = self.prepare_headers(&compiled, &mut parts.headers, &mut record);
         let secrets = &compiled.scrub_pairs;
         record.req_headers = redact_headers(&parts.headers, &compiled.headers, secrets);
         parts.uri = match self.upstream_uri(path, &mut record) {
@@ -1153,6 +1142,30 @@ impl Tunnel {
             splice(client, upstream, scrubber).await;
             drop(permit);
         });
+    }
+
+    /// What every request sent upstream gets, after hop-by-hop removal: no `Host` (the URI
+    /// names the host), the credential injected (noted in `record`), and for hosts a grant
+    /// covers, only encodings the scrubber reads and no WebSocket compression. Returns whether
+    /// a grant covers the host.
+    fn prepare_headers(
+        &self,
+        compiled: &CompiledRules,
+        headers: &mut HeaderMap,
+        record: &mut NetworkRecord,
+    ) -> bool {
+        let (host, port) = (&self.target.host, self.target.port);
+        headers.remove(header::HOST);
+        if let Injection::Injected(grant) = inject::apply(compiled, host, port, headers) {
+            record.grant = Some(grant);
+        }
+        let covered = inject::covers(&compiled.rules, host, port);
+        if covered {
+            restrict_accept_encoding(headers);
+            // Compressed WebSocket frames could hide a reflected credential from the scrubber.
+            headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        }
+        covered
     }
 
     /// The request's path (for the upstream URI) and its record, as `method`.

@@ -28,15 +28,12 @@ use super::ProxyBody;
 use super::Tunnel;
 use super::finish_now;
 use super::finish_parts;
-use super::restrict_accept_encoding;
 use super::send;
 use super::strip_hop_by_hop;
 use super::unoffered_compression;
 use crate::answer;
 use crate::body::empty;
 use crate::body::redact_headers;
-use crate::inject;
-use crate::inject::Injection;
 use crate::scrub::scrub_headers;
 
 /// The GUID RFC 6455 appends to `Sec-WebSocket-Key` before hashing it into the accept value.
@@ -92,7 +89,6 @@ impl Tunnel {
     pub(super) async fn websocket_h2(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let run = &self.run;
-        let target = &self.target;
         // Policy sees, and the record shows, the `GET` the upstream receives (and an HTTP/1.1
         // client would have sent): path rules are written for HTTP methods, so `allow GET /ws`
         // or `deny GET /ws` apply to a WebSocket whichever HTTP version the client speaks.
@@ -119,29 +115,18 @@ impl Tunnel {
         }
 
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let covered = inject::covers(rules, &target.host, target.port);
         let mut headers = std::mem::take(req.headers_mut());
         drop(req);
         strip_hop_by_hop(&mut headers, false);
+        let covered = self.prepare_headers(&compiled, &mut headers, &mut record);
         // The HTTP/1.1 handshake is the proxy's own: the client's hop has no key to forward.
         for name in [
-            header::HOST,
             header::CONTENT_LENGTH,
             header::SEC_WEBSOCKET_KEY,
             header::SEC_WEBSOCKET_ACCEPT,
             header::SEC_WEBSOCKET_VERSION,
         ] {
             headers.remove(name);
-        }
-        if let Injection::Injected(grant) =
-            inject::apply(&compiled, &target.host, target.port, &mut headers)
-        {
-            record.grant = Some(grant);
-        }
-        if covered {
-            restrict_accept_encoding(&mut headers);
-            // Compressed WebSocket frames could hide a reflected credential from the scrubber.
-            headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let key = BASE64.encode(rand::random::<[u8; 16]>());
         let Ok(key_value) = HeaderValue::from_str(&key) else {
